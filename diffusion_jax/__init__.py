@@ -1,0 +1,17 @@
+"""diffusion_jax: a functional JAX/Flax framework for diffusion models."""
+
+from diffusion_jax.schedules import (
+    SCHEDULES, SPACINGS, Schedule, get_schedule, make_timesteps, respace,
+    rescale_zero_terminal_snr, schedule_from_betas)
+from diffusion_jax.process import (
+    PREDICTIONS, VARIANCES, PMeanVariance, denoise, eps_from_score, get_v,
+    model_output_to_x0_eps, p_mean_variance, p_sample, p_variance,
+    posterior_coefficients, predict_eps_from_v, predict_eps_from_x0,
+    predict_x0_from_eps, predict_x0_from_v, q_mean_variance, q_posterior_general,
+    q_posterior_mean_variance, q_sample, score_from_eps, split_model_output,
+    threshold_x0)
+from diffusion_jax.losses import (
+    LOSS_TYPES, WEIGHTINGS, bits_per_dim, discretized_gaussian_log_likelihood,
+    loss_weight, normal_kl, prior_bpd, sample_timesteps, training_losses, vlb_terms)
+
+__version__ = "0.1.0"

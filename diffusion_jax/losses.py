@@ -1,0 +1,195 @@
+"""Training objectives: L_simple with weightings, the variational bound, bits/dim.
+
+`denoiser(x_t, t) -> output` below is any pure function of arrays (typically
+`functools.partial(model_fn, params, cond=...)`); its output has the layout of
+`process.p_mean_variance` ([B, ..., C], or [B, ..., 2C] for learned variances).
+
+References:
+  * Ho et al. 2020, Eq. (5) (L_T, L_{t-1}, L_0) and Eq. (14) (L_simple).
+  * Nichol & Dhariwal 2021, §3.1: L_hybrid = L_simple + λ L_vlb with λ = 0.001
+    and a stop-gradient on the mean in L_vlb.
+  * Hang et al. 2023: min-SNR-γ loss weighting.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import log_ndtr
+
+from diffusion_jax import process
+from diffusion_jax.schedules import Schedule
+
+__all__ = [
+    "LOSS_TYPES", "WEIGHTINGS", "normal_kl", "discretized_gaussian_log_likelihood",
+    "prior_bpd", "vlb_terms", "sample_timesteps", "loss_weight",
+    "training_losses", "bits_per_dim",
+]
+
+LOSS_TYPES = ("simple", "hybrid", "vlb")
+WEIGHTINGS = ("none", "min_snr")
+_LN2 = math.log(2.0)
+
+Denoiser = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
+
+
+def _mean_flat(x):
+  """Mean over all axes but the first: [B, ...] -> [B]."""
+  return jnp.mean(x, axis=tuple(range(1, x.ndim)))
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+  """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise (nats)."""
+  return 0.5 * (-1.0 + logvar2 - logvar1 + jnp.exp(logvar1 - logvar2)
+                + (mean1 - mean2) ** 2 * jnp.exp(-logvar2))
+
+
+def _log_ndtr_diff(a, b):
+  """log(Φ(b) - Φ(a)) for a < b, stable in both tails (mirrors to the left)."""
+  flip = (a + b) > 0
+  lo, hi = jnp.where(flip, -b, a), jnp.where(flip, -a, b)
+  log_hi, log_lo = log_ndtr(hi), log_ndtr(lo)
+  return log_hi + jnp.log(-jnp.expm1(log_lo - log_hi))
+
+
+def discretized_gaussian_log_likelihood(x, *, means, log_scales):
+  """log p(x) of 8-bit data under a Gaussian discretized to 256 bins (DDPM §3.3).
+
+  x ∈ [-1, 1] lies on the grid {-1 + 2k/255}; bin k covers
+  [x - 1/255, x + 1/255], with the edge bins extended to ∓∞. Elementwise, nats.
+  Shapes: x, means [B, ...]; log_scales (log σ) broadcastable to them.
+  """
+  centered = x - means
+  inv_s = jnp.exp(-log_scales)
+  upper = inv_s * (centered + 1.0 / 255.0)
+  lower = inv_s * (centered - 1.0 / 255.0)
+  return jnp.where(
+      x < -0.999, log_ndtr(upper),
+      jnp.where(x > 0.999, log_ndtr(-lower), _log_ndtr_diff(lower, upper)))
+
+
+def prior_bpd(schedule: Schedule, x0):
+  """L_T = KL(q(x_T|x_0) || N(0, I)) in bits per dimension, [B]."""
+  T = schedule.num_timesteps
+  t = jnp.full((x0.shape[0],), T - 1, jnp.int32)
+  mean, _, log_var = process.q_mean_variance(schedule, x0, t)
+  return _mean_flat(normal_kl(mean, log_var, 0.0, 0.0)) / _LN2
+
+
+def vlb_terms(schedule: Schedule, model_output, x0, x_t, t, *,
+              prediction: str = "eps", variance: str = "fixed_small",
+              clip_x0: float | None = None):
+  """One term of the bound in bits/dim, [B] (DDPM Eq. (5)).
+
+  L_{t} = KL(q(x_{t-1}|x_t, x_0) || p_θ(x_{t-1}|x_t)) for t > 0 and the decoder
+  L_0 = -log p_θ(x_0|x_1) (discretized Gaussian, 8-bit data) at t = 0.
+  """
+  true_mean, _, true_log_var = process.q_posterior_mean_variance(schedule, x0, x_t, t)
+  p = process.p_mean_variance(schedule, model_output, x_t, t, prediction=prediction,
+                              variance=variance, clip_x0=clip_x0)
+  kl = _mean_flat(normal_kl(true_mean, true_log_var, p.mean, p.log_variance)) / _LN2
+  nll = -_mean_flat(discretized_gaussian_log_likelihood(
+      x0, means=p.mean, log_scales=0.5 * p.log_variance)) / _LN2
+  return jnp.where(t == 0, nll, kl)
+
+
+def sample_timesteps(rng, batch_size: int, num_timesteps: int):
+  """t ~ Uniform{0, ..., T-1}, int32 [batch_size]."""
+  return jax.random.randint(rng, (batch_size,), 0, num_timesteps, dtype=jnp.int32)
+
+
+def loss_weight(schedule: Schedule, t, x, *, prediction: str, weighting: str,
+                min_snr_gamma: float = 5.0):
+  """Per-example weight [B, 1, ...] of the squared error in `prediction` space.
+
+  "min_snr" (Hang et al. 2023) gives every parameterization the effective
+  x0-space weight min(SNR_t, γ): the eps loss is weighted by min(SNR, γ)/SNR,
+  the x0 loss by min(SNR, γ), the v loss by min(SNR, γ)/(SNR + 1).
+  """
+  if weighting not in WEIGHTINGS:
+    raise ValueError(f"Unknown weighting {weighting!r}; known weightings: {list(WEIGHTINGS)}.")
+  if weighting == "none":
+    return jnp.ones((x.shape[0],) + (1,) * (x.ndim - 1), x.dtype)
+  if not min_snr_gamma > 0:
+    raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma!r}.")
+  snr = process.extract(schedule.snr, t, x)
+  clipped = jnp.minimum(snr, min_snr_gamma)
+  return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1.0)}[prediction]
+
+
+def training_losses(schedule: Schedule, denoiser: Denoiser, x0, t, noise, *,
+                    prediction: str = "eps", variance: str = "fixed_small",
+                    loss_type: str = "simple", weighting: str = "none",
+                    min_snr_gamma: float = 5.0, vlb_weight: float = 1e-3):
+  """Per-example losses for x0 [B, ...] at timesteps t [B] with noise ε [B, ...].
+
+  * "simple": ‖target - output‖² averaged over dimensions (DDPM Eq. (14)),
+    target ε, x0 or v, optionally weighted (`loss_weight`).
+  * "hybrid": simple + λ T L_t with λ = `vlb_weight`, the single-t estimate of
+    λ L_vlb (IDDPM §3.1); the mean is under stop-gradient in the VLB term, so
+    only the variance head learns from it. Needs a learned variance.
+  * "vlb": T L_t alone (the variational bound, gradients through everything).
+  Returns a dict of [B] arrays: "loss", "mse", and "vb" (bits/dim) when used.
+  """
+  process.check_prediction(prediction)
+  process.check_variance(variance)
+  if loss_type not in LOSS_TYPES:
+    raise ValueError(f"Unknown loss_type {loss_type!r}; known loss types: {list(LOSS_TYPES)}.")
+  learned = variance in ("learned", "learned_range")
+  if loss_type == "hybrid" and not learned:
+    raise ValueError(
+        f"loss_type='hybrid' needs variance 'learned' or 'learned_range', got {variance!r}.")
+  x_t = process.q_sample(schedule, x0, t, noise)
+  output = denoiser(x_t, t)
+  out, var_out = process.split_model_output(output, variance)
+  if prediction == "v":
+    target = process.get_v(schedule, x0, noise, t)
+  else:
+    target = noise if prediction == "eps" else x0
+  w = loss_weight(schedule, t, x0, prediction=prediction, weighting=weighting,
+                  min_snr_gamma=min_snr_gamma)
+  mse = _mean_flat(w * (target - jnp.asarray(out, x0.dtype)) ** 2)
+  terms = {"mse": mse}
+  T = schedule.num_timesteps
+  if loss_type == "simple":
+    terms["loss"] = mse
+  elif loss_type == "hybrid":
+    frozen = jnp.concatenate([jax.lax.stop_gradient(out), var_out], axis=-1)
+    terms["vb"] = vlb_terms(schedule, frozen, x0, x_t, t, prediction=prediction,
+                            variance=variance)
+    terms["loss"] = mse + vlb_weight * T * terms["vb"]
+  else:
+    terms["vb"] = vlb_terms(schedule, output, x0, x_t, t, prediction=prediction,
+                            variance=variance)
+    terms["loss"] = T * terms["vb"]
+  return terms
+
+
+def bits_per_dim(schedule: Schedule, denoiser: Denoiser, x0, rng, *,
+                 prediction: str = "eps", variance: str = "fixed_small",
+                 clip_x0: float | None = None, chunk_size: int = 1):
+  """The full variational bound -log p(x0) ≤ L_T + Σ_t L_t, in bits/dim.
+
+  Evaluates all T terms for the batch x0 [B, ...] (8-bit data scaled to
+  [-1, 1]). Timesteps are processed `chunk_size` at a time inside one
+  `lax.map`, so peak memory is that of `chunk_size` × B model evaluations,
+  whatever T is. The noise for term t is drawn from fold_in(rng, t).
+  Returns a dict: "total_bpd" [B], "prior_bpd" [B], "vb" [B, T] (bits/dim).
+  """
+  if not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}.")
+  B, T = x0.shape[0], schedule.num_timesteps
+
+  def term(t_scalar):
+    t = jnp.full((B,), t_scalar, jnp.int32)
+    noise = jax.random.normal(jax.random.fold_in(rng, t_scalar), x0.shape, x0.dtype)
+    x_t = process.q_sample(schedule, x0, t, noise)
+    return vlb_terms(schedule, denoiser(x_t, t), x0, x_t, t,
+                     prediction=prediction, variance=variance, clip_x0=clip_x0)
+
+  vb = jax.lax.map(term, jnp.arange(T, dtype=jnp.int32), batch_size=chunk_size).T
+  prior = prior_bpd(schedule, x0)
+  return {"total_bpd": vb.sum(axis=1) + prior, "prior_bpd": prior, "vb": vb}

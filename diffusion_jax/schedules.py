@@ -1,0 +1,305 @@
+"""Noise schedules: float64 NumPy constructors stored as an immutable float32 pytree.
+
+Every schedule is defined by its betas β_t, t = 0..T-1 (index 0 has the least
+noise). All derived quantities are computed once in NumPy float64 and stored as
+float32 jax arrays of shape [T] in a `Schedule`, which is a pytree (a
+`flax.struct.dataclass`): it can be passed through `jit`, `vmap` and `scan`.
+
+References:
+  * Ho et al. 2020 (DDPM), Eq. (4), (6), (7): q(x_t|x_0) and q(x_{t-1}|x_t, x_0).
+  * Nichol & Dhariwal 2021 (Improved DDPM), Eq. (17): cosine schedule; §4:
+    respacing.
+  * Lin et al. 2024, Algorithm 1: rescaling to zero terminal SNR.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+__all__ = [
+    "Schedule",
+    "SCHEDULES",
+    "SPACINGS",
+    "get_schedule",
+    "schedule_from_betas",
+    "respace",
+    "make_timesteps",
+    "rescale_zero_terminal_snr",
+]
+
+
+@struct.dataclass
+class Schedule:
+  """A discrete variance-preserving noise schedule. All arrays are float32 [T].
+
+  Index t (0..T-1) refers to the paper's timestep t+1: `alphas_cumprod[t]` is
+  ᾱ_{t+1} = Π_{s<=t} (1 - β_s).
+  """
+
+  betas: jnp.ndarray                           # β_t
+  alphas_cumprod: jnp.ndarray                  # ᾱ_t
+  alphas_cumprod_prev: jnp.ndarray             # ᾱ_{t-1}, with ᾱ_{-1} = 1
+  sqrt_alphas_cumprod: jnp.ndarray             # √ᾱ_t
+  sqrt_one_minus_alphas_cumprod: jnp.ndarray   # √(1-ᾱ_t)
+  log_one_minus_alphas_cumprod: jnp.ndarray    # log(1-ᾱ_t)
+  sqrt_recip_alphas_cumprod: jnp.ndarray       # 1/√ᾱ_t  (inf at a zero-SNR end)
+  sqrt_recipm1_alphas_cumprod: jnp.ndarray     # √(1/ᾱ_t - 1)
+  # q(x_{t-1} | x_t, x_0), DDPM Eq. (6)-(7).
+  posterior_variance: jnp.ndarray              # β̃_t = (1-ᾱ_{t-1})/(1-ᾱ_t) β_t
+  posterior_log_variance_clipped: jnp.ndarray  # log β̃_t with β̃_0 := β̃_1
+  posterior_mean_coef1: jnp.ndarray            # √ᾱ_{t-1} β_t / (1-ᾱ_t)   (x_0)
+  posterior_mean_coef2: jnp.ndarray            # √α_t (1-ᾱ_{t-1}) / (1-ᾱ_t) (x_t)
+  # Training-time index of each entry: identity for a full schedule, the
+  # selected subsequence for a respaced one (what `model_fn` receives as t).
+  timesteps: jnp.ndarray                       # int32 [T]
+  # Static metadata (not traced).
+  num_timesteps: int = struct.field(pytree_node=False, default=0)
+  zero_terminal_snr: bool = struct.field(pytree_node=False, default=False)
+
+  @property
+  def snr(self) -> jnp.ndarray:
+    """Signal-to-noise ratio ᾱ_t / (1 - ᾱ_t), float32 [T]."""
+    return self.alphas_cumprod / (1.0 - self.alphas_cumprod)
+
+
+# ----------------------------------------------------------------------------
+# Beta constructors (float64).
+# ----------------------------------------------------------------------------
+
+
+def _linear(T: int) -> np.ndarray:
+  """Ho et al. 2020: β from 1e-4 to 0.02 at T = 1000, scaled by 1000/T."""
+  scale = 1000.0 / T
+  return np.linspace(scale * 1e-4, scale * 0.02, T, dtype=np.float64)
+
+
+def _betas_from_alpha_bar(alpha_bar: Callable[[np.ndarray], np.ndarray], T: int,
+                          max_beta: float = 0.999) -> np.ndarray:
+  """β_t = min(1 - ᾱ((t+1)/T) / ᾱ(t/T), max_beta) for t = 0..T-1."""
+  s = np.arange(T + 1, dtype=np.float64) / T
+  a = alpha_bar(s)
+  return np.minimum(1.0 - a[1:] / a[:-1], max_beta)
+
+
+def _cosine(T: int, s: float = 0.008) -> np.ndarray:
+  """Nichol & Dhariwal 2021, Eq. (17): ᾱ(t) = cos²(((t/T + s)/(1 + s)) π/2)."""
+  return _betas_from_alpha_bar(
+      lambda u: np.cos((u + s) / (1 + s) * math.pi / 2) ** 2, T)
+
+
+def _sigmoid(T: int, start: float = -3.0, end: float = 3.0,
+             tau: float = 1.0) -> np.ndarray:
+  """Chen 2023 ("On the importance of noise scheduling"), sigmoid ᾱ(t)."""
+  sig = lambda z: 1.0 / (1.0 + np.exp(-z))
+  v_start, v_end = sig(start / tau), sig(end / tau)
+  return _betas_from_alpha_bar(
+      lambda u: (v_end - sig((u * (end - start) + start) / tau))
+      / (v_end - v_start), T)
+
+
+def _scaled_linear(T: int) -> np.ndarray:
+  """Latent/Stable Diffusion: β = linspace(√0.00085, √0.012, T)²."""
+  return np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, T, dtype=np.float64) ** 2
+
+
+SCHEDULES: dict[str, Callable[[int], np.ndarray]] = {
+    "linear": _linear,
+    "cosine": _cosine,
+    "sigmoid": _sigmoid,
+    "scaled_linear": _scaled_linear,
+}
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+  """Lin et al. 2024, Algorithm 1: shift and scale √ᾱ so that ᾱ_{T-1} = 0.
+
+  √ᾱ_0 is kept; the last β becomes exactly 1.
+  """
+  sqrt_ab = np.sqrt(np.cumprod(1.0 - np.asarray(betas, np.float64)))
+  a0, aT = sqrt_ab[0], sqrt_ab[-1]
+  sqrt_ab = (sqrt_ab - aT) * a0 / (a0 - aT)
+  ab = sqrt_ab ** 2
+  alphas = np.concatenate([ab[:1], ab[1:] / ab[:-1]])
+  return 1.0 - alphas
+
+
+# ----------------------------------------------------------------------------
+# Schedule construction.
+# ----------------------------------------------------------------------------
+
+
+def _check_num_timesteps(num_timesteps) -> int:
+  if isinstance(num_timesteps, bool) or not isinstance(
+      num_timesteps, (int, np.integer)) or num_timesteps < 1:
+    raise ValueError(
+        f"num_timesteps must be an integer >= 1, got {num_timesteps!r}.")
+  return int(num_timesteps)
+
+
+def _check_betas(betas: np.ndarray, allow_terminal_one: bool) -> None:
+  if betas.ndim != 1 or betas.size < 1:
+    raise ValueError(f"betas must be a non-empty 1-D array, got shape {betas.shape}.")
+  inner = betas[:-1] if allow_terminal_one else betas
+  bad = ~np.isfinite(betas) | (betas <= 0) | (betas > 1)
+  bad[: inner.size] |= inner >= 1
+  if bad.any():
+    i = int(np.argmax(bad))
+    allowed = "(0, 1), with the last one allowed to be 1 for zero terminal SNR" \
+        if allow_terminal_one else "(0, 1)"
+    raise ValueError(
+        f"betas must lie in {allowed}; betas[{i}] = {betas[i]!r}.")
+
+
+def schedule_from_betas(betas, *, timesteps=None,
+                        zero_terminal_snr: bool = False) -> Schedule:
+  """Builds a `Schedule` from betas [T] (any float dtype; computed in float64).
+
+  Args:
+    betas: β_t, shape [T], each in (0, 1). The last may be exactly 1 only when
+      `zero_terminal_snr` is True.
+    timesteps: optional int [T] training indices of the entries (respacing).
+    zero_terminal_snr: whether ᾱ_{T-1} = 0 (Lin et al. 2024).
+  """
+  betas = np.asarray(betas, dtype=np.float64)
+  _check_betas(betas, allow_terminal_one=zero_terminal_snr)
+  T = betas.size
+  alphas = 1.0 - betas
+  ac = np.cumprod(alphas)
+  ac_prev = np.concatenate([[1.0], ac[:-1]])
+  post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
+  # Improved DDPM: log β̃_0 = log β̃_1 since β̃_0 = 0 (for T = 1: log β_0).
+  first = post_var[1] if T > 1 else betas[0]
+  post_log_var = np.log(np.concatenate([[first], post_var[1:]]))
+  with np.errstate(divide="ignore"):  # ᾱ = 0 at a zero-SNR end gives inf.
+    recip = 1.0 / np.sqrt(ac)
+    recipm1 = np.sqrt(1.0 / ac - 1.0)
+  if timesteps is None:
+    timesteps = np.arange(T)
+  timesteps = np.asarray(timesteps)
+  if timesteps.shape != (T,):
+    raise ValueError(f"timesteps must have shape ({T},), got {timesteps.shape}.")
+  f32 = lambda a: jnp.asarray(a, dtype=jnp.float32)
+  return Schedule(
+      betas=f32(betas),
+      alphas_cumprod=f32(ac),
+      alphas_cumprod_prev=f32(ac_prev),
+      sqrt_alphas_cumprod=f32(np.sqrt(ac)),
+      sqrt_one_minus_alphas_cumprod=f32(np.sqrt(1.0 - ac)),
+      log_one_minus_alphas_cumprod=f32(np.log(1.0 - ac)),
+      sqrt_recip_alphas_cumprod=f32(recip),
+      sqrt_recipm1_alphas_cumprod=f32(recipm1),
+      posterior_variance=f32(post_var),
+      posterior_log_variance_clipped=f32(post_log_var),
+      posterior_mean_coef1=f32(betas * np.sqrt(ac_prev) / (1.0 - ac)),
+      posterior_mean_coef2=f32((1.0 - ac_prev) * np.sqrt(alphas) / (1.0 - ac)),
+      timesteps=jnp.asarray(timesteps, dtype=jnp.int32),
+      num_timesteps=T,
+      zero_terminal_snr=zero_terminal_snr,
+  )
+
+
+def get_betas(name: str, num_timesteps: int, *,
+              rescale_to_zero_terminal_snr: bool = False) -> np.ndarray:
+  """The float64 betas [T] of a named schedule."""
+  T = _check_num_timesteps(num_timesteps)
+  if name not in SCHEDULES:
+    raise ValueError(
+        f"Unknown schedule {name!r}; known schedules: {sorted(SCHEDULES)}.")
+  betas = SCHEDULES[name](T)
+  if rescale_to_zero_terminal_snr:
+    if T < 2:
+      raise ValueError("rescale_to_zero_terminal_snr needs num_timesteps >= 2.")
+    betas = rescale_zero_terminal_snr(betas)
+  return betas
+
+
+def get_schedule(name: str, num_timesteps: int = 1000, *,
+                 rescale_to_zero_terminal_snr: bool = False) -> Schedule:
+  """Returns the named schedule with T = `num_timesteps` entries.
+
+  Args:
+    name: one of `SCHEDULES` ("linear", "cosine", "sigmoid", "scaled_linear").
+    num_timesteps: T >= 1.
+    rescale_to_zero_terminal_snr: apply Lin et al. 2024 so that ᾱ_{T-1} = 0.
+      Such a schedule needs the "v" or "x0" prediction.
+  """
+  betas = get_betas(name, num_timesteps,
+                    rescale_to_zero_terminal_snr=rescale_to_zero_terminal_snr)
+  return schedule_from_betas(betas,
+                             zero_terminal_snr=rescale_to_zero_terminal_snr)
+
+
+# ----------------------------------------------------------------------------
+# Timestep subsequences and respacing (Improved DDPM §4, DDIM §4.2).
+# ----------------------------------------------------------------------------
+
+SPACINGS = ("linspace", "leading", "trailing", "quadratic")
+
+
+def make_timesteps(num_timesteps: int, num_steps: int,
+                   spacing: str = "leading") -> np.ndarray:
+  """An increasing subsequence of K = `num_steps` indices of 0..T-1.
+
+  The grids (T = `num_timesteps`, K = `num_steps`, i = 0..K-1):
+    * "linspace":  round(i (T-1)/(K-1))            — includes 0 and T-1.
+    * "leading":   i ⌊T/K⌋                          — DDIM's uniform grid.
+    * "trailing":  round(T - i T/K) - 1, ascending  — always includes T-1
+                   (Lin et al. 2024, Table 2).
+    * "quadratic": ⌊(i √(0.8 T)/(K-1))²⌋           — DDIM's quadratic grid.
+  For K = T every spacing gives 0..T-1. Returns int64 [K], strictly increasing.
+  """
+  T = _check_num_timesteps(num_timesteps)
+  if isinstance(num_steps, bool) or not isinstance(
+      num_steps, (int, np.integer)) or not 1 <= num_steps <= T:
+    raise ValueError(
+        f"num_steps must be an integer in [1, {T}] (num_timesteps), got {num_steps!r}.")
+  K = int(num_steps)
+  if spacing not in SPACINGS:
+    raise ValueError(f"Unknown spacing {spacing!r}; known spacings: {list(SPACINGS)}.")
+  if K == T:
+    return np.arange(T)
+  i = np.arange(K, dtype=np.float64)
+  if spacing == "linspace":
+    ts = np.round(i * (T - 1) / max(K - 1, 1))
+  elif spacing == "leading":
+    ts = i * (T // K)
+  elif spacing == "trailing":
+    ts = np.round(T - i * T / K)[::-1] - 1
+  else:
+    ts = np.floor((i * np.sqrt(0.8 * T) / max(K - 1, 1)) ** 2)
+  ts = ts.astype(np.int64)
+  if np.any(np.diff(ts) <= 0):
+    raise ValueError(
+        f"spacing={spacing!r} gives repeated timesteps for num_steps={K} and "
+        f"num_timesteps={T}; use fewer steps or another spacing.")
+  return ts
+
+
+def respace(schedule: Schedule, timesteps) -> Schedule:
+  """Improved DDPM §4: the schedule restricted to a subsequence of timesteps.
+
+  With S = `timesteps` (increasing indices into `schedule`), the new schedule
+  has ᾱ'_i = ᾱ_{S_i} and β'_i = 1 - ᾱ_{S_i}/ᾱ_{S_{i-1}} (ᾱ_{S_{-1}} = 1), so
+  every posterior and variance type is exact for the coarser chain. The new
+  `timesteps` field maps entry i back to the training index the model expects.
+  """
+  ts = np.asarray(timesteps)
+  T = schedule.num_timesteps
+  if ts.ndim != 1 or ts.size < 1 or not np.issubdtype(ts.dtype, np.integer):
+    raise ValueError(f"timesteps must be a non-empty 1-D integer array, got {ts!r}.")
+  if ts.min() < 0 or ts.max() >= T or np.any(np.diff(ts) <= 0):
+    raise ValueError(
+        f"timesteps must be strictly increasing integers in [0, {T - 1}], got {ts}.")
+  if ts.size == T:  # The identity: keep the float64-derived arrays exact.
+    return schedule
+  ac = np.asarray(schedule.alphas_cumprod, dtype=np.float64)[ts]
+  betas = 1.0 - ac / np.concatenate([[1.0], ac[:-1]])
+  terminal = bool(schedule.zero_terminal_snr and ts[-1] == T - 1)
+  return schedule_from_betas(
+      betas, timesteps=np.asarray(schedule.timesteps)[ts],
+      zero_terminal_snr=terminal)
