@@ -3,6 +3,8 @@
 `denoiser(x_t, t) -> output` below is any pure function of arrays (typically
 `functools.partial(model_fn, params, cond=...)`); its output has the layout of
 `process.p_mean_variance` ([B, ..., C], or [B, ..., 2C] for learned variances).
+It receives the training-time index `schedule.timesteps[t]` (t itself for a
+full schedule, the original index for a respaced one), as the samplers do.
 
 References:
   * Ho et al. 2020, Eq. (5) (L_T, L_{t-1}, L_0) and Eq. (14) (L_simple).
@@ -66,9 +68,24 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales):
   inv_s = jnp.exp(-log_scales)
   upper = inv_s * (centered + 1.0 / 255.0)
   lower = inv_s * (centered - 1.0 / 255.0)
+  # A bin much narrower than σ (width Δ = 2/(255σ) < 1e-3 in standard units):
+  # Φ(b) - Φ(a) is below float32 resolution of Φ, so integrate exactly around
+  # the midpoint m: log ∫ φ = log Δ + log φ(m) + log(sinh(y)/y) + O(Δ²),
+  # y = mΔ/2 (error ≤ Δ²/8). Inputs of the unused branch are made harmless
+  # so that neither branch produces NaN gradients.
+  log_width = math.log(2.0 / 255.0) - log_scales
+  narrow = log_width < math.log(1e-3)
+  mid = jnp.where(narrow, centered * inv_s, 0.0)
+  y = jnp.abs(mid) * jnp.exp(jnp.minimum(log_width, math.log(1e-3))) / 2.0
+  small = y < 1e-2
+  y_big = jnp.where(small, 1.0, y)
+  log_sinhc = jnp.where(small, y * y / 6.0,
+                        y_big + jnp.log(-jnp.expm1(-2.0 * y_big)) - jnp.log(2.0 * y_big))
+  log_narrow = log_width - 0.5 * mid * mid - 0.5 * math.log(2.0 * math.pi) + log_sinhc
+  log_wide = _log_ndtr_diff(jnp.where(narrow, -1.0, lower), jnp.where(narrow, 1.0, upper))
   return jnp.where(
       x < -0.999, log_ndtr(upper),
-      jnp.where(x > 0.999, log_ndtr(-lower), _log_ndtr_diff(lower, upper)))
+      jnp.where(x > 0.999, log_ndtr(-lower), jnp.where(narrow, log_narrow, log_wide)))
 
 
 def prior_bpd(schedule: Schedule, x0):
@@ -109,6 +126,7 @@ def loss_weight(schedule: Schedule, t, x, *, prediction: str, weighting: str,
   x0-space weight min(SNR_t, γ): the eps loss is weighted by min(SNR, γ)/SNR,
   the x0 loss by min(SNR, γ), the v loss by min(SNR, γ)/(SNR + 1).
   """
+  process.check_prediction(prediction)
   if weighting not in WEIGHTINGS:
     raise ValueError(f"Unknown weighting {weighting!r}; known weightings: {list(WEIGHTINGS)}.")
   if weighting == "none":
@@ -117,7 +135,9 @@ def loss_weight(schedule: Schedule, t, x, *, prediction: str, weighting: str,
     raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma!r}.")
   snr = process.extract(schedule.snr, t, x)
   clipped = jnp.minimum(snr, min_snr_gamma)
-  return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1.0)}[prediction]
+  if prediction == "eps":  # min(SNR, γ)/SNR -> 1 as SNR -> 0 (zero-SNR end).
+    return jnp.where(snr > 0, clipped / jnp.where(snr > 0, snr, 1.0), 1.0)
+  return clipped if prediction == "x0" else clipped / (snr + 1.0)
 
 
 def training_losses(schedule: Schedule, denoiser: Denoiser, x0, t, noise, *,
@@ -143,7 +163,7 @@ def training_losses(schedule: Schedule, denoiser: Denoiser, x0, t, noise, *,
     raise ValueError(
         f"loss_type='hybrid' needs variance 'learned' or 'learned_range', got {variance!r}.")
   x_t = process.q_sample(schedule, x0, t, noise)
-  output = denoiser(x_t, t)
+  output = denoiser(x_t, schedule.timesteps[t])
   out, var_out = process.split_model_output(output, variance)
   if prediction == "v":
     target = process.get_v(schedule, x0, noise, t)
@@ -187,7 +207,7 @@ def bits_per_dim(schedule: Schedule, denoiser: Denoiser, x0, rng, *,
     t = jnp.full((B,), t_scalar, jnp.int32)
     noise = jax.random.normal(jax.random.fold_in(rng, t_scalar), x0.shape, x0.dtype)
     x_t = process.q_sample(schedule, x0, t, noise)
-    return vlb_terms(schedule, denoiser(x_t, t), x0, x_t, t,
+    return vlb_terms(schedule, denoiser(x_t, schedule.timesteps[t]), x0, x_t, t,
                      prediction=prediction, variance=variance, clip_x0=clip_x0)
 
   vb = jax.lax.map(term, jnp.arange(T, dtype=jnp.int32), batch_size=chunk_size).T

@@ -63,28 +63,32 @@ def _check_same_shape(**arrays) -> None:
 
 
 def extract(arr: jnp.ndarray, t: jnp.ndarray, x: jnp.ndarray,
-            *, offset: int = 0) -> jnp.ndarray:
+            *, offset: int = 0, name: str = "t") -> jnp.ndarray:
   """arr[t + offset] reshaped to [B, 1, ..., 1] to broadcast against x [B, ...].
 
   `t` must be an integer array [B] with B = x.shape[0]. A concrete `t` outside
   [-offset, len(arr) - offset) raises ValueError; a traced one gathers NaN
   instead of being silently clamped, so an out-of-range index is never quiet.
+  `name` is the argument's name in error messages.
   """
   t = jnp.asarray(t)
   if t.ndim != 1 or x.ndim < 1 or t.shape[0] != x.shape[0]:
     raise ValueError(
-        f"t must be an int array of shape [B] = ({x.shape[0] if x.ndim else '?'},) "
-        f"matching x of shape {x.shape}; got t of shape {t.shape}.")
+        f"{name} must be an int array of shape [B] = ({x.shape[0] if x.ndim else '?'},) "
+        f"matching x of shape {x.shape}; got {name} of shape {t.shape}.")
   if not jnp.issubdtype(t.dtype, jnp.integer):
-    raise ValueError(f"t must be an integer array of timestep indices, got {t.dtype}.")
+    raise ValueError(f"{name} must be an integer array of timestep indices, got {t.dtype}.")
   n = arr.shape[0] - offset
   if _is_concrete(t):
     t_np = np.asarray(t)
     if t_np.size and (t_np.min() < -offset or t_np.max() >= n):
       raise ValueError(
-          f"t must lie in [{-offset}, {n - 1}] for this schedule (T = {n}); got "
+          f"{name} must lie in [{-offset}, {n - 1}] for this schedule (T = {n}); got "
           f"values in [{t_np.min()}, {t_np.max()}].")
-  vals = arr.at[t + offset].get(mode="fill", fill_value=jnp.nan)
+  # wrap_negative_indices=False: a traced negative index must fill NaN too,
+  # not wrap around to the end of the schedule.
+  vals = arr.at[t + offset].get(mode="fill", fill_value=jnp.nan,
+                                wrap_negative_indices=False)
   return vals.reshape((x.shape[0],) + (1,) * (x.ndim - 1)).astype(x.dtype)
 
 
@@ -99,7 +103,8 @@ def q_mean_variance(schedule: Schedule, x0, t):
   Returns (mean [B, ...], variance [B, 1, ...], log_variance [B, 1, ...]).
   """
   mean = extract(schedule.sqrt_alphas_cumprod, t, x0) * x0
-  var = extract(1.0 - schedule.alphas_cumprod, t, x0)
+  # (√(1-ᾱ))², not 1 - ᾱ: the float32 ᾱ ≈ 1 at small t loses 1-ᾱ's digits.
+  var = extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0) ** 2
   log_var = extract(schedule.log_one_minus_alphas_cumprod, t, x0)
   return mean, var, log_var
 
@@ -130,19 +135,28 @@ def q_posterior_mean_variance(schedule: Schedule, x0, x_t, t):
   return mean, var, log_var
 
 
-def posterior_coefficients(alpha_bar_s, alpha_bar_t):
+def posterior_coefficients(alpha_bar_s, alpha_bar_t, one_minus_alpha_bar_s=None,
+                           one_minus_alpha_bar_t=None):
   """Coefficients of q(x_s|x_t, x_0) for s < t, from ᾱ_s and ᾱ_t (any shape).
 
   With α_{t|s} = ᾱ_t/ᾱ_s (DDIM Eq. (7) with σ² = β̃, or VDM Eq. (A.10)):
     mean = √ᾱ_s (1-α_{t|s})/(1-ᾱ_t) x_0 + √α_{t|s} (1-ᾱ_s)/(1-ᾱ_t) x_t,
     var  = (1-ᾱ_s)(1-α_{t|s})/(1-ᾱ_t).
+  `one_minus_alpha_bar_s/t` optionally give 1-ᾱ accurately (e.g. the square of
+  `sqrt_one_minus_alphas_cumprod`); near ᾱ ≈ 1 the float32 1 - ᾱ has lost most
+  digits, and with them 1 - α_{t|s} = (ᾱ_s - ᾱ_t)/ᾱ_s is computed as
+  ((1-ᾱ_t) - (1-ᾱ_s))/ᾱ_s where ᾱ_s > 1/2.
   Returns (coef_x0, coef_xt, variance).
   """
+  om_s = 1.0 - alpha_bar_s if one_minus_alpha_bar_s is None else one_minus_alpha_bar_s
+  om_t = 1.0 - alpha_bar_t if one_minus_alpha_bar_t is None else one_minus_alpha_bar_t
   alpha_ts = alpha_bar_t / alpha_bar_s
-  denom = 1.0 - alpha_bar_t
-  coef_x0 = jnp.sqrt(alpha_bar_s) * (1.0 - alpha_ts) / denom
-  coef_xt = jnp.sqrt(alpha_ts) * (1.0 - alpha_bar_s) / denom
-  var = (1.0 - alpha_bar_s) * (1.0 - alpha_ts) / denom
+  # ᾱ_s - ᾱ_t from whichever of ᾱ or 1-ᾱ is stored with more relative accuracy.
+  diff = jnp.where(alpha_bar_s > 0.5, om_t - om_s, alpha_bar_s - alpha_bar_t)
+  one_minus_alpha_ts = diff / alpha_bar_s
+  coef_x0 = jnp.sqrt(alpha_bar_s) * one_minus_alpha_ts / om_t
+  coef_xt = jnp.sqrt(alpha_ts) * om_s / om_t
+  var = om_s * one_minus_alpha_ts / om_t
   return coef_x0, coef_xt, var
 
 
@@ -157,12 +171,17 @@ def q_posterior_general(schedule: Schedule, x0, x_t, t, s):
   `q_posterior_mean_variance`.
   """
   _check_same_shape(x0=x0, x_t=x_t)
+  ac_ext = jnp.concatenate([jnp.ones((1,), jnp.float32), schedule.alphas_cumprod])
+  om_ext = jnp.concatenate([jnp.zeros((1,), jnp.float32),
+                            schedule.sqrt_one_minus_alphas_cumprod ** 2])
+  ab_s = extract(ac_ext, s, x_t, offset=1, name="s")
+  ab_t = extract(schedule.alphas_cumprod, t, x_t)
+  om_s = extract(om_ext, s, x_t, offset=1, name="s")
+  om_t = extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) ** 2
+  # After the shape checks in `extract`, so that s and t broadcast here.
   if _is_concrete(s) and _is_concrete(t) and np.any(np.asarray(s) >= np.asarray(t)):
     raise ValueError(f"s must be < t elementwise; got s={s} and t={t}.")
-  ac_ext = jnp.concatenate([jnp.ones((1,), jnp.float32), schedule.alphas_cumprod])
-  ab_s = extract(ac_ext, s, x_t, offset=1)
-  ab_t = extract(schedule.alphas_cumprod, t, x_t)
-  c0, ct, var = posterior_coefficients(ab_s, ab_t)
+  c0, ct, var = posterior_coefficients(ab_s, ab_t, om_s, om_t)
   return c0 * x0 + ct * x_t, var
 
 

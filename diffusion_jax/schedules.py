@@ -64,7 +64,8 @@ class Schedule:
   @property
   def snr(self) -> jnp.ndarray:
     """Signal-to-noise ratio ᾱ_t / (1 - ᾱ_t), float32 [T]."""
-    return self.alphas_cumprod / (1.0 - self.alphas_cumprod)
+    # From the stored square roots: the float32 1 - ᾱ loses digits at ᾱ ≈ 1.
+    return (self.sqrt_alphas_cumprod / self.sqrt_one_minus_alphas_cumprod) ** 2
 
 
 # ----------------------------------------------------------------------------
@@ -75,6 +76,9 @@ class Schedule:
 def _linear(T: int) -> np.ndarray:
   """Ho et al. 2020: β from 1e-4 to 0.02 at T = 1000, scaled by 1000/T."""
   scale = 1000.0 / T
+  if scale * 0.02 >= 1.0:
+    raise ValueError(f"The 'linear' schedule needs num_timesteps >= 21 (its last β is "
+                     f"0.02 * 1000/T), got num_timesteps={T}.")
   return np.linspace(scale * 1e-4, scale * 0.02, T, dtype=np.float64)
 
 
@@ -270,8 +274,9 @@ def make_timesteps(num_timesteps: int, num_steps: int,
     ts = i * (T // K)
   elif spacing == "trailing":
     ts = np.round(T - i * T / K)[::-1] - 1
-  else:
-    ts = np.floor((i * np.sqrt(0.8 * T) / max(K - 1, 1)) ** 2)
+  else:  # ⌊i² 0.8 T/(K-1)²⌋ in exact integer arithmetic (no float floor error).
+    ii = np.arange(K, dtype=np.int64)
+    ts = (ii * ii * 4 * T) // (5 * max(K - 1, 1) ** 2)
   ts = ts.astype(np.int64)
   if np.any(np.diff(ts) <= 0):
     raise ValueError(
@@ -297,8 +302,17 @@ def respace(schedule: Schedule, timesteps) -> Schedule:
         f"timesteps must be strictly increasing integers in [0, {T - 1}], got {ts}.")
   if ts.size == T:  # The identity: keep the float64-derived arrays exact.
     return schedule
+  # In float64, from the stored float32 arrays. A small β' = 1 - ᾱ_{S_i}/ᾱ_{S_{i-1}}
+  # is taken from the betas it spans (the float32 ᾱ ≈ 1 has lost the digits of
+  # 1 - ᾱ); a large one from the ratio of the float32 ᾱ (a float32 β ≈ 1 has
+  # lost the digits of 1 - β).
   ac = np.asarray(schedule.alphas_cumprod, dtype=np.float64)[ts]
-  betas = 1.0 - ac / np.concatenate([[1.0], ac[:-1]])
+  with np.errstate(divide="ignore"):  # β = 1 at a zero-SNR end.
+    log_a = np.concatenate([[0.0], np.cumsum(
+        np.log1p(-np.asarray(schedule.betas, dtype=np.float64)))])
+  from_betas = -np.expm1(log_a[ts + 1] - log_a[np.concatenate([[0], ts[:-1] + 1])])
+  from_ratio = 1.0 - ac / np.concatenate([[1.0], ac[:-1]])
+  betas = np.where(from_betas < 0.5, from_betas, from_ratio)
   terminal = bool(schedule.zero_terminal_snr and ts[-1] == T - 1)
   return schedule_from_betas(
       betas, timesteps=np.asarray(schedule.timesteps)[ts],

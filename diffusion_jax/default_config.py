@@ -1,0 +1,82 @@
+"""The default config: every setting, with a comment on the non-obvious ones.
+
+`configs/*.py` start from `get_default_config()` and change what differs, so a
+setting exists (and can be overridden on the command line) in every config.
+The defaults describe an unconditional DDPM on the embedded 8x8 digits.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_default_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = "digits"       # embedded default, built offline; or any tfds image dataset
+  data.data_dir = config_dict.placeholder(str)         # tfds data dir; None -> $TFDS_DATA_DIR or ~/tensorflow_datasets
+  data.image_size = 8           # must equal the dataset's height and width
+  data.channels = 1
+  data.random_flip = False      # horizontal flips would turn digits into mirror glyphs
+  data.dequantize = False       # uniform dequantization (only for likelihood training)
+  data.worker_count = 0         # grain worker processes (0 = in the main process)
+
+  config.diffusion = diffusion = ml_collections.ConfigDict()
+  diffusion.schedule = "cosine"     # linear | cosine | sigmoid | scaled_linear
+  diffusion.num_timesteps = 1000
+  diffusion.rescale_to_zero_terminal_snr = False
+  diffusion.prediction = "eps"      # eps | x0 | v
+  diffusion.variance = "fixed_small"  # fixed_small | fixed_large | learned | learned_range
+  diffusion.loss_type = "simple"    # simple | hybrid (learned variances) | vlb
+  diffusion.weighting = "none"      # none | min_snr
+  diffusion.min_snr_gamma = 5.0
+  diffusion.vlb_weight = 1e-3       # λ of L_hybrid = L_simple + λ L_vlb (IDDPM)
+
+  config.model = model = ml_collections.ConfigDict()
+  model.ch = 64                 # base channel count
+  model.ch_mult = (1, 2)        # channel multiplier per resolution level (8x8, 4x4)
+  model.num_res_blocks = 2
+  model.attn_resolutions = (4,)  # feature-map sizes that get self-attention
+  model.dropout = 0.1
+  model.num_heads = 1
+  model.num_groups = 32         # GroupNorm groups; must divide every channel count
+  model.class_conditional = False  # adds a label embedding (num_classes from the data)
+  model.dtype = "float32"       # compute dtype: float32 | bfloat16 (params stay float32)
+
+  config.train = train = ml_collections.ConfigDict()
+  train.num_steps = 3000
+  train.batch_size = 128        # global batch, split over all devices
+  train.optimizer = "adam"      # adam | adamw
+  train.learning_rate = 1e-3
+  train.warmup_steps = 200      # linear learning-rate warm-up
+  train.weight_decay = 0.0      # adamw only
+  train.grad_clip = 1.0         # global-norm clipping; 0 disables
+  train.ema_decay = 0.999       # EMA decay; the warm-up min(decay, (1+n)/(10+n)) applies
+  train.max_nonfinite_steps = 20  # stop after this many consecutive non-finite updates
+  train.log_every = 50
+  train.checkpoint_every = 500
+  train.keep_checkpoints = 2
+  train.sample_every = 0        # PNG grid of EMA samples every N steps (0: only at the end)
+  train.label_dropout = 0.0     # classifier-free guidance: p(label -> null label)
+
+  config.sample = sample = ml_collections.ConfigDict()
+  sample.sampler = "ddim"       # ddpm | ddim | dpmpp_2m | ...
+  sample.num_steps = config_dict.placeholder(int)  # None -> all T steps (set in configs)
+  sample.eta = 0.0              # DDIM stochasticity (0 deterministic, 1 = DDPM variance)
+  sample.spacing = "trailing"   # linspace | leading | trailing | quadratic
+  sample.clip_x0 = config_dict.placeholder(float)  # clip predicted x0 to [-c, c]; None disables
+  sample.num_samples = 1000
+  sample.batch_size = 500
+  sample.grid_size = 100        # images in the PNG grid
+  sample.labels = config_dict.placeholder(str)  # e.g. "3" or "0,1,2"; None balances classes
+  sample.guidance_scale = 1.0   # classifier-free guidance w (1 = plain conditional)
+
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.batch_size = 64
+  ev.max_examples = config_dict.placeholder(int)  # test images used for the bound (None = all)
+  ev.chunk_size = 50            # timesteps evaluated at once (memory bound)
+
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.initialize = False  # call jax.distributed.initialize() (multi-host)
+  return config

@@ -1,0 +1,256 @@
+"""Sample-quality evaluation for small image datasets (digits and friends).
+
+* ``SmallCNN`` + ``train_eval_classifier``: a clean-image classifier trained on
+  the real training split (images in [-1, 1], NHWC). On 8x8 digits it trains
+  in a few seconds on 2 CPU cores and reaches ~98-99% test accuracy.
+* ``classify``: class probabilities of images.
+* ``sample_quality_report``: confident-classification rate, predicted class
+  histogram, and nearest-neighbour L2 distances to the training set compared
+  with those of real test images (a memorization check).
+
+Example::
+
+  train_x, train_y = pipeline.load_images("digits", "train")
+  test_x, _ = pipeline.load_images("digits", "test")
+  clf = train_eval_classifier(train_x, train_y, seed=0)
+  report = sample_quality_report(samples, clf, train_x, test_x)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+ApplyFn = Callable[[Any, jax.Array], jax.Array]
+
+
+class SmallCNN(nn.Module):
+  """Small clean-image classifier for H x W x C images in [-1, 1].
+
+  Per stage: two 3x3 conv + GELU, then 2x2 average pooling while H > 4;
+  finally global average pooling, Dense(128) + GELU, Dense(num_classes).
+
+  Attributes:
+    num_classes: number of classes.
+    features: channels of each stage.
+  """
+
+  num_classes: int = 10
+  features: Sequence[int] = (32, 64)
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: float [B, H, W, C]. Returns float32 logits [B, num_classes]."""
+    for width in self.features:
+      x = nn.gelu(nn.Conv(width, (3, 3))(x))
+      x = nn.gelu(nn.Conv(width, (3, 3))(x))
+      if x.shape[1] > 4:
+        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.gelu(nn.Dense(128)(x))
+    return nn.Dense(self.num_classes)(x).astype(jnp.float32)
+
+
+def _random_shift(key: jax.Array, images: jax.Array, max_shift: int) -> jax.Array:
+  """Shifts each image by up to max_shift pixels (edge padding). [B,H,W,C].
+
+  Built from static slices and a one-hot mix (gathers are slow on XLA:CPU).
+  """
+  b, h, w, _ = images.shape
+  k = 2 * max_shift + 1
+  pad = ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0))
+  padded = jnp.pad(images, pad, mode="edge")
+  shifted = jnp.stack(
+      [padded[:, i : i + h, j : j + w] for i in range(k) for j in range(k)]
+  )  # [k*k, B, H, W, C]
+  choice = jax.nn.one_hot(jax.random.randint(key, (b,), 0, k * k), k * k)
+  return jnp.einsum("sbhwc,bs->bhwc", shifted, choice)
+
+
+def train_eval_classifier(
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    *,
+    seed: int = 0,
+    steps: int = 500,
+    batch_size: int = 128,
+    learning_rate: float = 3e-3,
+    num_classes: int | None = None,
+    max_shift: int = 1,
+) -> tuple[ApplyFn, Any]:
+  """Trains a ``SmallCNN`` on real images (AdamW, cosine decay, random shifts).
+
+  Args:
+    train_images: float [N, H, W, C] in [-1, 1].
+    train_labels: int [N] in 0..num_classes-1.
+    seed: PRNG seed (init, batches, augmentation).
+    steps: optimisation steps.
+    batch_size: examples per step (sampled with replacement).
+    learning_rate: peak learning rate.
+    num_classes: number of classes; None -> max(train_labels) + 1.
+    max_shift: random-translation augmentation in pixels (0 disables).
+
+  Returns:
+    ``(apply_fn, params)`` with ``apply_fn(params, images [B, H, W, C])`` ->
+    float32 logits [B, num_classes] (jitted).
+  """
+  images = jnp.asarray(train_images, jnp.float32)
+  labels = jnp.asarray(train_labels, jnp.int32)
+  if images.ndim != 4 or labels.shape != images.shape[:1]:
+    raise ValueError(
+        "train_images must be [N, H, W, C] and train_labels [N]; got "
+        f"{images.shape} and {labels.shape}."
+    )
+  if steps <= 0 or batch_size <= 0:
+    raise ValueError(f"steps and batch_size must be positive, got {steps}, {batch_size}.")
+  num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+  model = SmallCNN(num_classes=num_classes)
+  init_key, train_key = jax.random.split(jax.random.key(seed))
+  params = jax.jit(model.init)(init_key, images[:1])
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, learning_rate, min(100, steps // 10 + 1), steps
+  )
+  tx = optax.adamw(schedule, weight_decay=1e-4)
+
+  def loss_fn(p, x, y):
+    logits = model.apply(p, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  @jax.jit
+  def step(p, opt_state, key, all_x, all_y):
+    idx_key, shift_key = jax.random.split(key)
+    idx = jax.random.randint(idx_key, (batch_size,), 0, all_x.shape[0])
+    x = all_x[idx]
+    if max_shift:
+      x = _random_shift(shift_key, x, max_shift)
+    grads = jax.grad(loss_fn)(p, x, all_y[idx])
+    updates, opt_state = tx.update(grads, opt_state, p)
+    return optax.apply_updates(p, updates), opt_state
+
+  # A Python loop over a jitted step: on XLA:CPU, convolutions inside a
+  # lax.scan body ran an order of magnitude slower.
+  opt_state = jax.jit(tx.init)(params)
+  for key in jax.random.split(train_key, steps):
+    params, opt_state = step(params, opt_state, key, images, labels)
+  return jax.jit(model.apply), params
+
+
+def classify(
+    apply_fn: ApplyFn, params: Any, images: np.ndarray, *, batch_size: int = 512
+) -> np.ndarray:
+  """Class probabilities.
+
+  Args:
+    apply_fn: ``(params, images [b, H, W, C]) -> logits [b, K]``.
+    params: classifier parameters.
+    images: float [N, H, W, C] in [-1, 1].
+    batch_size: evaluation chunk (the last chunk is padded, so one compile).
+
+  Returns:
+    float32 [N, K] softmax probabilities.
+  """
+  images = np.asarray(images, np.float32)
+  n = images.shape[0]
+  chunk = min(batch_size, max(n, 1))
+  padded = np.concatenate(
+      [images, np.zeros((-n % chunk, *images.shape[1:]), np.float32)]
+  )
+  probs = [
+      jax.nn.softmax(apply_fn(params, padded[i : i + chunk]), axis=-1)
+      for i in range(0, padded.shape[0], chunk)
+  ]
+  return np.asarray(jnp.concatenate(probs))[:n]
+
+
+def nearest_neighbor_distances(
+    queries: np.ndarray, references: np.ndarray, *, chunk: int = 1024
+) -> np.ndarray:
+  """L2 distance from each query image to its nearest reference image.
+
+  Args:
+    queries: [N, ...] images; references: [M, ...] images of the same shape.
+    chunk: queries per chunk (bounds the [chunk, M] distance matrix).
+
+  Returns:
+    float64 [N] distances.
+  """
+  q = np.asarray(queries, np.float64).reshape(len(queries), -1)
+  r = np.asarray(references, np.float64).reshape(len(references), -1)
+  if q.shape[1] != r.shape[1]:
+    raise ValueError(
+        f"queries {np.shape(queries)} and references {np.shape(references)} "
+        "must have the same image shape."
+    )
+  r_sq = np.sum(r * r, axis=1)
+  out = []
+  for i in range(0, len(q), chunk):
+    qc = q[i : i + chunk]
+    d2 = np.sum(qc * qc, axis=1)[:, None] + r_sq[None, :] - 2.0 * qc @ r.T
+    out.append(np.sqrt(np.maximum(d2.min(axis=1), 0.0)))
+  return np.concatenate(out) if out else np.zeros((0,))
+
+
+def _summary(d: np.ndarray) -> dict[str, float]:
+  return {"min": float(d.min()), "median": float(np.median(d)), "mean": float(d.mean())}
+
+
+def sample_quality_report(
+    images: np.ndarray,
+    classifier: tuple[ApplyFn, Any],
+    train_images: np.ndarray,
+    test_images: np.ndarray,
+    *,
+    confidence: float = 0.9,
+) -> dict[str, Any]:
+  """Classifier- and nearest-neighbour-based quality summary of samples.
+
+  Args:
+    images: float [N, H, W, C] samples in [-1, 1] (N >= 1).
+    classifier: ``(apply_fn, params)`` from ``train_eval_classifier``.
+    train_images: float [M, H, W, C] real training images in [-1, 1].
+    test_images: float [T, H, W, C] real held-out images in [-1, 1].
+    confidence: threshold for ``confident_fraction``.
+
+  Returns:
+    JSON-friendly dict:
+      ``num_samples``;
+      ``confident_fraction``: fraction of samples with max prob >= confidence;
+      ``mean_confidence``: mean max probability;
+      ``class_fractions``: [K] fraction of samples predicted as each class;
+      ``nn_train_distance``: {min, median, mean} L2 distance of each sample
+        to its nearest training image;
+      ``test_nn_train_distance``: the same for real test images (reference);
+      ``nn_median_ratio``: sample median / test median (far below 1 hints at
+        memorization, e.g. < 0.5);
+      ``copy_fraction``: fraction of samples closer to the training set than
+        the closest real test image is.
+  """
+  images = np.asarray(images, np.float32)
+  if images.ndim != 4 or len(images) == 0:
+    raise ValueError(f"images must be a non-empty [N, H, W, C] array, got {images.shape}.")
+  if not 0.0 < confidence <= 1.0:
+    raise ValueError(f"confidence must be in (0, 1], got {confidence}.")
+  apply_fn, params = classifier
+  probs = classify(apply_fn, params, images)
+  num_classes = probs.shape[-1]
+  predicted = probs.argmax(axis=-1)
+  sample_nn = nearest_neighbor_distances(images, train_images)
+  test_nn = nearest_neighbor_distances(test_images, train_images)
+  test_median = float(np.median(test_nn))
+  return {
+      "num_samples": int(len(images)),
+      "confident_fraction": float(np.mean(probs.max(axis=-1) >= confidence)),
+      "mean_confidence": float(probs.max(axis=-1).mean()),
+      "class_fractions": (
+          np.bincount(predicted, minlength=num_classes) / len(images)
+      ).tolist(),
+      "nn_train_distance": _summary(sample_nn),
+      "test_nn_train_distance": _summary(test_nn),
+      "nn_median_ratio": float(np.median(sample_nn) / max(test_median, 1e-12)),
+      "copy_fraction": float(np.mean(sample_nn < test_nn.min())),
+  }

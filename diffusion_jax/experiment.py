@@ -1,0 +1,238 @@
+"""Config → components: validation, schedule, model, model_fn, mesh and sampler.
+
+Shared by training, sampling, evaluation and `describe`. Everything a user can
+get wrong in a config is checked here, before a workdir is touched, and
+reported as one `ValueError` naming the setting and its allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from diffusion_jax import losses, process, schedules
+from diffusion_jax.data import pipeline
+from diffusion_jax.models.unet import UNet
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Config fields that fix the shapes of the parameters in a checkpoint.
+SHAPE_FIELDS = ("model", "data.image_size", "data.channels", "diffusion.variance",
+                "num_classes")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """What the model needs to know about the data."""
+  image_size: int
+  channels: int
+  num_classes: int | None
+
+
+def _known_samplers() -> list[str]:
+  from diffusion_jax import samplers  # Imported lazily: samplers import process.
+  return sorted(samplers.SAMPLERS)
+
+
+def _check_choice(setting: str, value, allowed) -> None:
+  if value not in allowed:
+    raise ValueError(f"{setting}={value!r} is not valid; allowed values: {list(allowed)}.")
+
+
+def _check_positive_int(setting: str, value) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+    raise ValueError(f"{setting} must be a positive integer, got {value!r}.")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> DataSpec:
+  """Checks every user-facing setting; returns the data spec (no data is read
+  except the dataset's metadata)."""
+  d, m, tr, s = config.diffusion, config.model, config.train, config.sample
+  _check_choice("diffusion.schedule", d.schedule, sorted(schedules.SCHEDULES))
+  _check_positive_int("diffusion.num_timesteps", d.num_timesteps)
+  _check_choice("diffusion.prediction", d.prediction, process.PREDICTIONS)
+  _check_choice("diffusion.variance", d.variance, process.VARIANCES)
+  _check_choice("diffusion.loss_type", d.loss_type, losses.LOSS_TYPES)
+  _check_choice("diffusion.weighting", d.weighting, losses.WEIGHTINGS)
+  if d.loss_type == "hybrid" and d.variance not in ("learned", "learned_range"):
+    raise ValueError("diffusion.loss_type='hybrid' needs diffusion.variance in "
+                     "['learned', 'learned_range'].")
+  if d.rescale_to_zero_terminal_snr and d.prediction == "eps":
+    raise ValueError("diffusion.rescale_to_zero_terminal_snr=True needs "
+                     "diffusion.prediction in ['v', 'x0'].")
+  _check_choice("model.dtype", m.dtype, sorted(DTYPES))
+  for name in ("num_steps", "batch_size", "log_every", "checkpoint_every",
+               "keep_checkpoints", "max_nonfinite_steps"):
+    _check_positive_int(f"train.{name}", tr[name])
+  if tr.batch_size % jax.device_count():
+    raise ValueError(f"train.batch_size={tr.batch_size} must be divisible by the "
+                     f"number of devices ({jax.device_count()}).")
+  if isinstance(tr.warmup_steps, bool) or not isinstance(tr.warmup_steps, (int, np.integer)) \
+      or tr.warmup_steps < 0:
+    raise ValueError(f"train.warmup_steps must be an integer >= 0, got {tr.warmup_steps!r}.")
+  if not tr.learning_rate > 0:
+    raise ValueError(f"train.learning_rate must be > 0, got {tr.learning_rate!r}.")
+  if not 0.0 <= tr.ema_decay < 1.0:
+    raise ValueError(f"train.ema_decay must be in [0, 1), got {tr.ema_decay}.")
+  if not 0.0 <= tr.label_dropout < 1.0:
+    raise ValueError(f"train.label_dropout must be in [0, 1), got {tr.label_dropout}.")
+  _check_choice("train.optimizer", tr.optimizer, ["adam", "adamw"])
+  _check_choice("sample.sampler", s.sampler, _known_samplers())
+  _check_choice("sample.spacing", s.spacing, schedules.SPACINGS)
+  if s.num_steps is not None and not 1 <= s.num_steps <= d.num_timesteps:
+    raise ValueError(f"sample.num_steps must be in [1, {d.num_timesteps}] "
+                     f"(diffusion.num_timesteps) or None, got {s.num_steps}.")
+  for name in ("num_samples", "batch_size"):
+    _check_positive_int(f"sample.{name}", s[name])
+  spec = _data_spec(config)
+  try:  # Here, not when the UNet is first traced (after the workdir is written).
+    build_model(config, spec).validate()
+  except ValueError as e:
+    raise ValueError(f"model.{e}") from None
+  return spec
+
+
+def _data_spec(config) -> DataSpec:
+  height, width, channels, num_classes = pipeline.dataset_info(
+      config.data.dataset, config.data.data_dir)
+  size = config.data.image_size
+  if (height, width) != (size, size) or channels != config.data.channels:
+    raise ValueError(
+        f"data.image_size={size} and data.channels={config.data.channels} do not "
+        f"fit data.dataset={config.data.dataset!r}, whose images are "
+        f"{height}x{width}x{channels}; set them to the data's size.")
+  levels = len(config.model.ch_mult)
+  if size % 2 ** (levels - 1):
+    raise ValueError(
+        f"data.image_size={size} must be divisible by 2**(len(model.ch_mult)-1) = "
+        f"{2 ** (levels - 1)} for model.ch_mult={tuple(config.model.ch_mult)}.")
+  if config.model.class_conditional and num_classes is None:
+    raise ValueError(f"model.class_conditional=True but data.dataset="
+                     f"{config.data.dataset!r} has no class labels.")
+  return DataSpec(size, channels, num_classes if config.model.class_conditional else None)
+
+
+# ----------------------------------------------------------------------------
+# Components.
+# ----------------------------------------------------------------------------
+
+
+def build_schedule(config) -> schedules.Schedule:
+  d = config.diffusion
+  return schedules.get_schedule(
+      d.schedule, d.num_timesteps,
+      rescale_to_zero_terminal_snr=d.rescale_to_zero_terminal_snr)
+
+
+def build_model(config, spec: DataSpec) -> UNet:
+  m = config.model
+  return UNet(
+      ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+      attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+      num_heads=m.num_heads, num_groups=m.num_groups,
+      out_channels=spec.channels,
+      learn_sigma=config.diffusion.variance in ("learned", "learned_range"),
+      num_classes=spec.num_classes, dtype=DTYPES[m.dtype])
+
+
+def model_inputs(cond) -> dict[str, Any]:
+  """Splits a `cond` pytree (None, or a dict with "label" / "context") into
+  the UNet's keyword arguments."""
+  cond = cond or {}
+  return {"y": cond.get("label"), "context": cond.get("context")}
+
+
+def make_model_fn(model: UNet) -> Callable:
+  """`model_fn(params, x_t, t, cond) -> output` in inference mode (no dropout)."""
+  def model_fn(params, x_t, t, cond=None):
+    return model.apply({"params": params}, x_t, t, **model_inputs(cond), train=False)
+  return model_fn
+
+
+def init_params(model: UNet, spec: DataSpec, rng):
+  """Initializes the UNet's parameters (a plain pytree) for one dummy example."""
+  x = jnp.zeros((1, spec.image_size, spec.image_size, spec.channels), jnp.float32)
+  t = jnp.zeros((1,), jnp.int32)
+  y = None if spec.num_classes is None else jnp.zeros((1,), jnp.int32)
+  return model.init({"params": rng}, x, t, y=y, train=False)["params"]
+
+
+def make_mesh() -> Mesh:
+  """A 1-D data-parallel mesh over every device of every process."""
+  return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P("data"))
+
+
+def make_config_sample_fn(config, model_fn, schedule, shape, cond_example=None):
+  """`sample_fn(params, rng, cond=...)` for the sampler settings in `config.sample`."""
+  from diffusion_jax.sampling import make_sample_fn
+  s, d = config.sample, config.diffusion
+  return make_sample_fn(
+      model_fn, schedule, shape=shape, sampler=s.sampler, num_steps=s.num_steps,
+      eta=s.eta, spacing=s.spacing, prediction=d.prediction, variance=d.variance,
+      clip_x0=s.clip_x0)
+
+
+def count_params(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+
+
+def config_to_json(config) -> str:
+  return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def shape_signature(config, spec: DataSpec) -> dict[str, Any]:
+  """The config fields that determine parameter shapes (for resume checks)."""
+  model = json.loads(config_to_json(config.model))
+  for name in ("dropout", "dtype"):  # No effect on the parameters' shapes.
+    model.pop(name, None)
+  sig = {f"model.{k}": v for k, v in model.items()}  # Setting names, as on the CLI.
+  sig.update({"data.image_size": spec.image_size, "data.channels": spec.channels,
+              "diffusion.variance": config.diffusion.variance,
+              "num_classes": spec.num_classes})
+  return sig
+
+
+def check_workdir_compatible(workdir: str, config, spec: DataSpec) -> None:
+  """Refuses a workdir whose saved config has different parameter shapes."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"--workdir={workdir!r}: cannot read {path}: {e}") from e
+  old = saved.get("shape_signature")
+  new = shape_signature(config, spec)
+  if old is not None and old != new:
+    diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)}
+    raise ValueError(
+        f"--workdir={workdir!r} holds a checkpoint of a different model shape "
+        f"(saved vs requested: {diff}). Use a new --workdir, or the saved settings.")
+
+
+def write_config(workdir: str, config, spec: DataSpec) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  payload = {"config": json.loads(config_to_json(config)),
+             "shape_signature": shape_signature(config, spec)}
+  tmp = os.path.join(workdir, "config.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+  os.replace(tmp, os.path.join(workdir, "config.json"))

@@ -1,0 +1,469 @@
+"""The sampling engine: the time grid, per-sample keys, one `lax.scan`, sharding.
+
+Example, from plain JAX code (an analytic "model" stands in for the UNet):
+
+    import jax, jax.numpy as jnp
+    import diffusion_jax as dj
+
+    schedule = dj.get_schedule("cosine", num_timesteps=1000)
+    def model_fn(params, x_t, t, cond):                  # predicts ε for data ≡ params
+      ab = schedule.alphas_cumprod[t][:, None]
+      return (x_t - jnp.sqrt(ab) * params) / jnp.sqrt(1.0 - ab)
+    sample_fn = dj.make_sample_fn(model_fn, schedule, shape=(16, 2),
+                                  sampler="dpmpp_2m", num_steps=20)
+    x0 = sample_fn(jnp.array([0.5, -1.0]), jax.random.key(0))   # [16, 2] float32
+
+How a chain runs. `schedule` (T entries) is restricted to K grid points,
+S = make_timesteps(T, K, spacing) (or `logsnr_timesteps`, or explicit
+`timesteps=`), with
+`schedules.respace`; the *sampling schedule* has K entries and maps entry i back
+to the training index S_i that `model_fn` receives. The sampler steps from
+i = K-1 down to 0, each step one model call; the last step goes to ᾱ = 1 (clean
+data). The K steps are one `jax.lax.scan`, traced and compiled once whatever K.
+
+Randomness. Sample b (global index in the batch) gets key_b = fold_in(rng, b);
+its x_T is N(0, I) from fold_in(key_b, 0) and the noise of step n = 1..K comes
+from fold_in(key_b, n). Samples therefore do not depend on the batch size, the
+number of devices or how the batch is split.
+
+Devices. With several devices (`devices=None` means all of `jax.devices()`),
+the batch axis is sharded over a 1-D `Mesh` with axis "batch" via
+`jax.lax.with_sharding_constraint`; params and the key are replicated. `cond`
+is any pytree: its array leaves whose leading dimension equals the batch size
+are sharded along it, all other leaves replicated. A batch that the device
+count does not divide is padded up to the next multiple (extra samples get
+global indices B, B+1, ...; per-sample `cond` leaves and `x_T` are padded by
+repeating their last row / with zeros) and the padding is dropped from the
+result, so the B returned samples are the same as on one device.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from diffusion_jax import process
+from diffusion_jax.samplers import (SAMPLERS, Denoised, DenoiseFn, Sampler,
+                                    StepInput, ddim_inversion, get_sampler,
+                                    sampler_options)
+from diffusion_jax.schedules import SPACINGS, Schedule, make_timesteps, respace
+
+__all__ = ["SampleOutput", "make_sample_fn", "make_invert_fn", "make_denoise_fn",
+           "sampling_schedule", "logsnr_timesteps", "slerp", "DEFAULT_SPACING"]
+
+ModelFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
+
+# The grid each sampler uses when `spacing=None` (others: "linspace").
+DEFAULT_SPACING = {"dpmpp_2m": "logsnr", "dpmpp_3m": "logsnr"}
+
+
+class SampleOutput(NamedTuple):
+  """Returned by `sample_fn` only when a trajectory or x0-predictions are asked for."""
+  x0: jax.Array                        # [B, ...] the samples
+  trajectory: Optional[jax.Array]      # [K+1, B, ...]: x_T, then x after steps 1..K
+  x0_predictions: Optional[jax.Array]  # [len(x0_steps), B, ...]: x̂_0 at those steps
+
+
+# ----------------------------------------------------------------------------
+# Building blocks.
+# ----------------------------------------------------------------------------
+
+
+def sampling_schedule(schedule: Schedule, num_steps: Optional[int] = None, *,
+                      spacing: str = "linspace", timesteps=None) -> Schedule:
+  """The K-entry schedule a sampler runs on (Improved DDPM §4 respacing).
+
+  Args:
+    schedule: the training schedule (T entries), or an already respaced one.
+    num_steps: K in [1, T]; None means T (every timestep).
+    spacing: a `schedules.SPACINGS` grid of `make_timesteps`, whose docstring
+      states the exact grids ("linspace", the default, includes 0 and T-1), or
+      "logsnr" (`logsnr_timesteps`: uniform in log-SNR, includes 0 and T-1).
+    timesteps: optional explicit increasing indices into `schedule`, used
+      instead of (num_steps, spacing).
+  """
+  T = schedule.num_timesteps
+  if timesteps is not None:
+    ts = np.asarray(timesteps)
+    if num_steps is not None and num_steps != ts.size:
+      raise ValueError(f"num_steps={num_steps!r} disagrees with len(timesteps)={ts.size}.")
+    return respace(schedule, ts)
+  K = T if num_steps is None else num_steps
+  if spacing == "logsnr":
+    return respace(schedule, logsnr_timesteps(schedule, K))
+  if spacing not in SPACINGS:
+    raise ValueError(f"Unknown spacing {spacing!r}; known spacings: {list(SPACINGS) + ['logsnr']}.")
+  return respace(schedule, make_timesteps(T, K, spacing))
+
+
+def logsnr_timesteps(schedule: Schedule, num_steps: int) -> np.ndarray:
+  """K indices of `schedule` roughly uniform in λ = log(α/σ) (DPM-Solver §3.4).
+
+  Includes 0 (if K > 1) and T-1. Each point is the index nearest to its λ target, moved
+  just enough to keep the K indices distinct where the schedule is too coarse
+  (near t = 0). Returns int64 [K], strictly increasing.
+  """
+  T = schedule.num_timesteps
+  make_timesteps(T, num_steps, "linspace")  # Validates num_steps in [1, T].
+  K = int(num_steps)
+  if K == T:
+    return np.arange(T)
+  if K == 1:
+    return np.array([T - 1])
+  ac = np.asarray(schedule.alphas_cumprod, np.float64)
+  with np.errstate(divide="ignore"):
+    lam = 0.5 * (np.log(ac) - np.log1p(-ac))            # decreasing in t
+  lo = lam[-1] if np.isfinite(lam[-1]) else lam[-2]    # zero terminal SNR: λ = -∞
+  targets = np.linspace(lam[0], lo, K)
+  ts = np.abs(lam[None, :] - targets[:, None]).argmin(axis=1)
+  ts[0], ts[-1] = 0, T - 1
+  for j in range(1, K):                                 # distinct, increasing,
+    ts[j] = max(ts[j], ts[j - 1] + 1)
+  ts[-1] = T - 1
+  for j in range(K - 2, -1, -1):                        # and within [0, T-1].
+    ts[j] = min(ts[j], ts[j + 1] - 1)
+  return ts.astype(np.int64)
+
+
+def make_denoise_fn(model_fn: ModelFn, sched: Schedule, params, cond, *,
+                    prediction: str = "eps", variance: str = "fixed_small",
+                    clip_x0: Optional[float] = None,
+                    dynamic_threshold: Optional[float] = None) -> DenoiseFn:
+  """The shared denoiser `denoise(x_t [B, ...], i int32 []) -> Denoised`.
+
+  Calls `model_fn(params, x_t, sched.timesteps[i] as int32 [B], cond)`, casts
+  the output to x_t's dtype (float32 state for bf16 models), splits off the
+  variance channels of learned variances and converts it with
+  `process.denoise` (parameterization, `clip_x0`, `dynamic_threshold`).
+  """
+  def denoise(x, i):
+    idx = jnp.full((x.shape[0],), i, jnp.int32)
+    out = jnp.asarray(model_fn(params, x, sched.timesteps[idx], cond)).astype(x.dtype)
+    out, var_out = process.split_model_output(out, variance)
+    x0, eps = process.denoise(sched, out, x, idx, prediction=prediction,
+                              clip_x0=clip_x0, dynamic_threshold=dynamic_threshold)
+    return Denoised(x0=x0, eps=eps, var_output=var_out)
+  return denoise
+
+
+@jax.jit
+def slerp(z0, z1, alpha):
+  """Spherical interpolation between two latents, DDIM §5 (Shoemake 1985).
+
+  θ = arccos(⟨z0, z1⟩ / (‖z0‖ ‖z1‖)) over all elements of z0 and z1 (same
+  shape, e.g. one image [H, W, C]);
+  slerp = sin((1-α)θ)/sin θ · z0 + sin(αθ)/sin θ · z1 (linear when θ ≈ 0).
+  `alpha` is a scalar (returns z0's shape) or a 1-D array [N] (returns [N, *z0.shape]).
+  """
+  z0, z1 = jnp.asarray(z0, jnp.float32), jnp.asarray(z1, jnp.float32)
+  if z0.shape != z1.shape:
+    raise ValueError(f"z0 and z1 must have one shape, got {z0.shape} and {z1.shape}.")
+  alpha = jnp.asarray(alpha, jnp.float32)
+  if alpha.ndim > 1:
+    raise ValueError(f"alpha must be a scalar or 1-D, got shape {alpha.shape}.")
+  cos = jnp.vdot(z0, z1) / (jnp.linalg.norm(z0) * jnp.linalg.norm(z1))
+  theta = jnp.arccos(jnp.clip(cos, -1.0, 1.0))
+  a = alpha.reshape(alpha.shape + (1,) * z0.ndim)
+  small = theta < 1e-4
+  sin_t = jnp.where(small, 1.0, jnp.sin(theta))
+  w0 = jnp.where(small, 1.0 - a, jnp.sin((1.0 - a) * theta) / sin_t)
+  w1 = jnp.where(small, a, jnp.sin(a * theta) / sin_t)
+  return w0 * z0 + w1 * z1
+
+
+# ----------------------------------------------------------------------------
+# Batch layout over devices.
+# ----------------------------------------------------------------------------
+
+
+class _Layout:
+  """Batch sharding over a 1-D mesh ("batch"), with padding to a multiple."""
+
+  def __init__(self, batch: int, devices: Optional[Sequence[Any]]):
+    devs = list(jax.devices() if devices is None else devices)
+    if not devs:
+      raise ValueError("devices must be None or a non-empty sequence of devices.")
+    self.batch, self.n = batch, len(devs)
+    self.padded = -(-batch // self.n) * self.n
+    self.mesh = (Mesh(np.asarray(devs), ("batch",), axis_types=(AxisType.Auto,))
+                 if self.n > 1 else None)
+
+  def jit(self, fn, x_arg: int):
+    """jax.jit of fn(*args) with the args replicated, except args[x_arg]
+    (x_T / x0, [B, ...]) batch-sharded when B divides evenly. Committed
+    single-device inputs (e.g. params) are moved to the mesh."""
+    if self.mesh is None:
+      return jax.jit(fn)
+    rep = NamedSharding(self.mesh, P())
+    xs = NamedSharding(self.mesh, P("batch")) if self.padded == self.batch else rep
+    n = fn.__code__.co_argcount
+    return jax.jit(fn, in_shardings=tuple(xs if a == x_arg else rep for a in range(n)))
+
+  def shard(self, x, axis: int = 0):
+    if self.mesh is None:
+      return x
+    spec = P(*([None] * axis + ["batch"]))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
+
+  def replicate(self, x):
+    if self.mesh is None:
+      return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, P()))
+
+  def pad(self, x, mode: str = "constant"):
+    extra = self.padded - self.batch
+    if extra == 0:
+      return x
+    return jnp.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1), mode=mode)
+
+  def unpad(self, x, axis: int = 0):
+    if self.padded == self.batch:
+      return self.shard(x, axis)
+    return jax.lax.slice_in_dim(x, 0, self.batch, axis=axis)
+
+  def cond(self, cond):
+    if self.mesh is None:
+      return cond
+    def leaf(c):
+      if isinstance(c, (jax.Array, np.ndarray)) and c.ndim >= 1 and c.shape[0] == self.batch:
+        return self.shard(self.pad(jnp.asarray(c), mode="edge"))
+      if isinstance(c, (jax.Array, np.ndarray)):
+        return self.replicate(jnp.asarray(c))
+      return c
+    return jax.tree_util.tree_map(leaf, cond)
+
+
+# ----------------------------------------------------------------------------
+# The chain.
+# ----------------------------------------------------------------------------
+
+
+def _as_key(rng):
+  """A typed key from a typed key or a legacy uint32 `PRNGKey`."""
+  if not hasattr(rng, "dtype"):
+    raise ValueError(f"rng must be a JAX PRNG key, got {type(rng).__name__}.")
+  if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    if rng.ndim != 0:
+      raise ValueError(f"rng must be a single key, got a key array of shape {rng.shape}.")
+    return rng
+  if rng.dtype != jnp.uint32 or rng.ndim != 1:
+    raise ValueError(
+        f"rng must be jax.random.key(...) or a legacy jax.random.PRNGKey(...) "
+        f"(uint32 [2]); got dtype {rng.dtype} and shape {rng.shape}.")
+  return jax.random.wrap_key_data(rng)
+
+
+def _check_shape(shape) -> tuple[int, ...]:
+  try:
+    shape = tuple(int(s) for s in shape)
+  except TypeError:
+    raise ValueError(f"shape must be a tuple (B, ...) of positive ints, got {shape!r}.") from None
+  if not shape or any(s < 1 for s in shape):
+    raise ValueError(f"shape must be a tuple (B, ...) of positive ints, got {shape!r}.")
+  return shape
+
+
+def _check_common(prediction, variance, clip_x0, dynamic_threshold):
+  process.check_prediction(prediction)
+  process.check_variance(variance)
+  if clip_x0 is not None and not clip_x0 > 0:
+    raise ValueError(f"clip_x0 must be > 0 or None, got {clip_x0!r}.")
+  if dynamic_threshold is not None and not 0.0 < dynamic_threshold < 1.0:
+    raise ValueError(f"dynamic_threshold must be in (0, 1) or None, got {dynamic_threshold!r}.")
+
+
+def _check_x(x, shape, name):
+  if not hasattr(x, "shape") or tuple(x.shape) != shape:
+    raise ValueError(
+        f"{name} must have shape {shape} (the sample_fn's shape), got "
+        f"{getattr(x, 'shape', type(x).__name__)}.")
+  return jnp.asarray(x, jnp.float32)
+
+
+def _run_chain(smp: Sampler, x, indices, steps, denoise: DenoiseFn, noise_fn,
+               layout: _Layout, return_trajectory: bool, x0_slots):
+  """One lax.scan of `smp.step` over (indices, steps). Returns (x, traj, x0s)."""
+  num_x0 = 0 if x0_slots is None else int(x0_slots.max())
+  buf = jnp.zeros((num_x0,) + x.shape, x.dtype) if num_x0 else None
+  slots = None if x0_slots is None else jnp.asarray(x0_slots)
+
+  def body(carry, inp):
+    state, buf = carry
+    i, n = inp
+    noise = noise_fn(n) if smp.stochastic else None
+    state, x0 = smp.step(state, StepInput(index=i, step=n, noise=noise), denoise)
+    state = state._replace(x=layout.shard(state.x))
+    if buf is not None:  # Writes to slot num_x0 (steps not asked for) are dropped.
+      buf = buf.at[slots[n]].set(x0.astype(buf.dtype), mode="drop")
+    return (state, buf), (state.x if return_trajectory else None)
+
+  (state, buf), traj = jax.lax.scan(
+      body, (smp.init(x), buf), (jnp.asarray(indices, jnp.int32), jnp.asarray(steps, jnp.int32)))
+  if return_trajectory:
+    traj = jnp.concatenate([x[None], traj])
+  return state.x, traj, buf
+
+
+def _x0_slots(x0_steps, K):
+  """[K+1] int32 lookup step n → output slot (len(x0_steps) for steps not asked)."""
+  steps = tuple(x0_steps)
+  if not steps:
+    return None
+  bad = [s for s in steps if isinstance(s, bool) or not isinstance(s, (int, np.integer))
+         or not 1 <= s <= K]
+  if bad or len(set(steps)) != len(steps):
+    raise ValueError(
+        f"x0_steps must be distinct integers in [1, {K}] (step numbers), got {steps!r}.")
+  slots = np.full((K + 1,), len(steps), np.int32)
+  slots[np.asarray(steps)] = np.arange(len(steps))
+  return slots
+
+
+def _finish(layout, x, traj, x0s):
+  x = layout.unpad(x)
+  if traj is None and x0s is None:
+    return x
+  return SampleOutput(x0=x,
+                      trajectory=None if traj is None else layout.unpad(traj, axis=1),
+                      x0_predictions=None if x0s is None else layout.unpad(x0s, axis=1))
+
+
+# ----------------------------------------------------------------------------
+# Public entry points.
+# ----------------------------------------------------------------------------
+
+
+def make_sample_fn(model_fn: ModelFn, schedule: Schedule, *, shape: Sequence[int],
+                   sampler: str = "ddim", num_steps: Optional[int] = None,
+                   spacing: Optional[str] = None, timesteps=None, eta: float = 0.0,
+                   prediction: str = "eps", variance: str = "fixed_small",
+                   clip_x0: Optional[float] = None,
+                   dynamic_threshold: Optional[float] = None,
+                   return_trajectory: bool = False, x0_steps: Sequence[int] = (),
+                   devices: Optional[Sequence[Any]] = None):
+  """Builds `sample_fn(params, rng, *, x_T=None, cond=None) -> x0`, jit-compiled.
+
+  Args:
+    model_fn: `model_fn(params, x_t, t, cond) -> output`, any pure function;
+      x_t float32 [B, ...], t int32 [B] training timestep indices; output of
+      x_t's shape ([..., 2C] for the learned variances), any float dtype.
+    schedule: the training `Schedule` (T entries).
+    shape: (B, ...) of the samples: images [B, H, W, C] or vectors [B, D].
+    sampler: a name in `samplers.SAMPLERS` ("ddpm", "ddim", "dpmpp_2m", "dpmpp_3m").
+    num_steps: K in [1, T]; None = T.
+    spacing: the grid (see `sampling_schedule`): one of `schedules.SPACINGS` or
+      "logsnr". None picks the sampler's default, `DEFAULT_SPACING` ("logsnr"
+      for the DPM-Solver++ samplers as recommended by Lu et al. 2022 for low
+      resolutions, "linspace" otherwise).
+    timesteps: explicit increasing grid indices into `schedule` instead.
+    eta: DDIM's η in [0, 1] (samplers taking `eta` only; must be 0 otherwise).
+    prediction: "eps" | "x0" | "v", what the model predicts.
+    variance: one of `process.VARIANCES`; used by "ddpm", and by every sampler
+      to split the variance channels off a learned-variance model's output.
+    clip_x0, dynamic_threshold: x̂_0 clipping (see `process.threshold_x0`).
+    return_trajectory: static; also return x at every step, [K+1, B, ...].
+    x0_steps: static step numbers n in [1, K] whose x̂_0 to return, [M, B, ...].
+    devices: the devices to shard the batch over (None: all).
+  Returns:
+    A jitted `sample_fn(params, rng, *, x_T=None, cond=None)`. `rng` is a typed
+    key (`jax.random.key`) or a legacy `PRNGKey` (same samples for the same
+    seed); `x_T` [B, ...], N(0, I)-scaled, replaces the drawn prior noise; `cond`
+    is passed to `model_fn` untouched (any pytree). It returns x0 float32
+    [B, ...], or a `SampleOutput` when a trajectory or x0-predictions are asked.
+  Raises:
+    ValueError for an unknown sampler (listing the registry), num_steps out of
+    range, eta outside [0, 1], bad settings, and (when called) an x_T of the
+    wrong shape.
+  """
+  shape = _check_shape(shape)
+  _check_common(prediction, variance, clip_x0, dynamic_threshold)
+  accepted = sampler_options(sampler)
+  if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+    raise ValueError(f"eta must be a float in [0, 1], got {eta!r}.")
+  options = {}
+  if "eta" in accepted:
+    options["eta"] = eta
+  elif eta != 0.0:
+    takes = sorted(n for n in SAMPLERS if "eta" in sampler_options(n))
+    raise ValueError(f"eta={eta!r} is only for samplers {takes}; sampler {sampler!r} takes no eta.")
+  if "variance" in accepted:
+    options["variance"] = variance
+  if spacing is None:
+    spacing = DEFAULT_SPACING.get(sampler, "linspace")
+  sched = sampling_schedule(schedule, num_steps, spacing=spacing, timesteps=timesteps)
+  smp = get_sampler(sampler, sched, **options)
+  K = sched.num_timesteps
+  slots = _x0_slots(x0_steps, K)
+  layout = _Layout(shape[0], devices)
+  indices, steps = np.arange(K - 1, -1, -1), np.arange(1, K + 1)
+  event = shape[1:]
+
+  def sample(params, rng, x_T, cond):
+    key = _as_key(rng)
+    keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(
+        jnp.arange(layout.padded, dtype=jnp.uint32))
+    keys = layout.shard(keys)
+    draw = lambda n: layout.shard(jax.vmap(
+        lambda k: jax.random.normal(jax.random.fold_in(k, n), event, jnp.float32))(keys))
+    x = draw(0) if x_T is None else layout.shard(layout.pad(_check_x(x_T, shape, "x_T")))
+    denoise = make_denoise_fn(model_fn, sched, params, layout.cond(cond),
+                              prediction=prediction, variance=variance,
+                              clip_x0=clip_x0, dynamic_threshold=dynamic_threshold)
+    x, traj, x0s = _run_chain(smp, x, indices, steps, denoise, draw, layout,
+                              return_trajectory, slots)
+    return _finish(layout, x, traj, x0s)
+
+  jitted = layout.jit(sample, x_arg=2)
+
+  def sample_fn(params, rng, *, x_T=None, cond=None):
+    return jitted(params, rng, x_T, cond)
+
+  sample_fn.jitted = jitted  # Positional (params, rng, x_T, cond); has .lower(...).
+  return sample_fn
+
+
+def make_invert_fn(model_fn: ModelFn, schedule: Schedule, *, shape: Sequence[int],
+                   num_steps: Optional[int] = None, spacing: str = "linspace",
+                   timesteps=None, prediction: str = "eps",
+                   variance: str = "fixed_small", clip_x0: Optional[float] = None,
+                   dynamic_threshold: Optional[float] = None,
+                   return_trajectory: bool = False,
+                   devices: Optional[Sequence[Any]] = None):
+  """Builds a jitted DDIM inversion `invert_fn(params, x0, *, cond=None) -> x_T`.
+
+  Deterministic encoding x_0 → x_T (DDIM §4.3 / §5) over the same grid that
+  `make_sample_fn(..., sampler="ddim", eta=0)` with the same (num_steps,
+  spacing, timesteps) uses, so that sampling from the returned x_T
+  regenerates x0 up to the discretization error. One `lax.scan`, K model calls.
+  Arguments as in `make_sample_fn`; with `return_trajectory` it returns a
+  `SampleOutput` whose `x0` field holds x_T and `trajectory` [K+1, B, ...]
+  runs from the data to x_T.
+  """
+  shape = _check_shape(shape)
+  _check_common(prediction, variance, clip_x0, dynamic_threshold)
+  sched = sampling_schedule(schedule, num_steps, spacing=spacing, timesteps=timesteps)
+  smp = ddim_inversion(sched)
+  K = sched.num_timesteps
+  layout = _Layout(shape[0], devices)
+  indices, steps = np.arange(K), np.arange(1, K + 1)
+
+  def invert(params, x0, cond):
+    x = layout.shard(layout.pad(_check_x(x0, shape, "x0")))
+    denoise = make_denoise_fn(model_fn, sched, params, layout.cond(cond),
+                              prediction=prediction, variance=variance,
+                              clip_x0=clip_x0, dynamic_threshold=dynamic_threshold)
+    x, traj, _ = _run_chain(smp, x, indices, steps, denoise, None, layout,
+                            return_trajectory, None)
+    return _finish(layout, x, traj, None)
+
+  jitted = layout.jit(invert, x_arg=1)
+
+  def invert_fn(params, x0, *, cond=None):
+    return jitted(params, x0, cond)
+
+  invert_fn.jitted = jitted  # Positional (params, x0, cond); has .lower(...).
+  return invert_fn

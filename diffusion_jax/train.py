@@ -1,0 +1,240 @@
+"""Training: `TrainState`, the optimizer, the sharded `train_step` and the loop.
+
+`train_step` is one jitted function over a 1-D data-parallel `Mesh` of all
+devices: the state is replicated, the batch is split along "data", and the
+same code runs on 1 CPU, 8 GPUs or a TPU slice. Per-step randomness is
+fold_in(rng, step), so a resumed run replays exactly the same random numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import struct
+
+from diffusion_jax import experiment, losses
+from diffusion_jax.checkpoint import Checkpointer, abstract_like
+from diffusion_jax.data import pipeline
+from diffusion_jax import writers
+
+
+class TrainState(struct.PyTreeNode):
+  step: jnp.ndarray              # int32 [], number of batches consumed
+  params: Any                    # model parameters (float32 pytree)
+  ema_params: Any                # exponential moving average of params
+  opt_state: Any                 # optax state
+  rng: jnp.ndarray               # uint32 [2], raw base key (fold_in with step)
+  nonfinite_streak: jnp.ndarray  # int32 [], consecutive skipped updates
+  nonfinite_total: jnp.ndarray   # int32 [], all skipped updates
+
+
+def make_optimizer(tc) -> optax.GradientTransformation:
+  """Adam/AdamW with linear warm-up (none if warmup_steps=0) and optional
+  global-norm clipping."""
+  lr = (optax.linear_schedule(0.0, tc.learning_rate, tc.warmup_steps)
+        if tc.warmup_steps > 0 else tc.learning_rate)
+  opt = (optax.adamw(lr, weight_decay=tc.weight_decay) if tc.optimizer == "adamw"
+         else optax.adam(lr))
+  return optax.chain(optax.clip_by_global_norm(tc.grad_clip), opt) \
+      if tc.grad_clip > 0 else opt
+
+
+def create_train_state(params, optimizer, rng) -> TrainState:
+  zero = jnp.zeros((), jnp.int32)
+  return TrainState(step=zero, params=params, ema_params=params,
+                    opt_state=optimizer.init(params),
+                    rng=jax.random.key_data(rng) if jax.dtypes.issubdtype(
+                        rng.dtype, jax.dtypes.prng_key) else rng,
+                    nonfinite_streak=zero, nonfinite_total=zero)
+
+
+def ema_decay_at(step, decay: float):
+  """EMA decay with warm-up: min(decay, (1 + n)/(10 + n)) at update n."""
+  n = step.astype(jnp.float32)
+  return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+
+
+def train_step(state: TrainState, batch, *, model, schedule, optimizer, config,
+               num_classes):
+  """One update on a global batch {"image": f32 [B,H,W,C], "label": i32 [B]}.
+
+  A non-finite loss or gradient leaves params, EMA and optimizer state as they
+  were and increments the non-finite counters. Returns (state, metrics).
+  """
+  d, tc = config.diffusion, config.train
+  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  k_t, k_noise, k_drop, k_label = jax.random.split(rng, 4)
+  x0 = batch["image"]
+  t = losses.sample_timesteps(k_t, x0.shape[0], schedule.num_timesteps)
+  noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+  y = None
+  if num_classes is not None:  # Classifier-free guidance: drop labels to null.
+    drop = jax.random.bernoulli(k_label, tc.label_dropout, batch["label"].shape)
+    y = jnp.where(drop, num_classes, batch["label"])
+
+  def loss_fn(params):
+    denoiser = lambda x_t, t: model.apply(
+        {"params": params}, x_t, t, y=y, train=True, rngs={"dropout": k_drop})
+    terms = losses.training_losses(
+        schedule, denoiser, x0, t, noise, prediction=d.prediction,
+        variance=d.variance, loss_type=d.loss_type, weighting=d.weighting,
+        min_snr_gamma=d.min_snr_gamma, vlb_weight=d.vlb_weight)
+    return jnp.mean(terms["loss"]), terms
+
+  (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  decay = ema_decay_at(state.step, tc.ema_decay)
+  ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p,
+                               state.ema_params, params)
+  # One scalar test: the global norm is non-finite iff some gradient is (or it
+  # overflows). A per-leaf jnp.all(isfinite) reduction gets re-fused by XLA
+  # into every select below, which doubled the step's compile time.
+  grad_norm = optax.global_norm(grads)
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree_util.tree_map(
+      lambda a, b: jnp.where(ok, a, b), new, old)
+  bad = (~ok).astype(jnp.int32)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=keep(params, state.params),
+      ema_params=keep(ema, state.ema_params),
+      opt_state=keep(opt_state, state.opt_state),
+      nonfinite_streak=(state.nonfinite_streak + 1) * bad,
+      nonfinite_total=state.nonfinite_total + bad)
+  metrics = {"loss": loss, "mse": jnp.mean(terms["mse"]),
+             "grad_norm": grad_norm, "skipped": bad,
+             "nonfinite_streak": new_state.nonfinite_streak}
+  if "vb" in terms:
+    metrics["vb"] = jnp.mean(terms["vb"])
+  return new_state, metrics
+
+
+class Trainer:
+  """Holds the compiled pieces of one training run (built from a config)."""
+
+  def __init__(self, config, spec: experiment.DataSpec):
+    self.config, self.spec = config, spec
+    self.mesh = experiment.make_mesh()
+    self.schedule = experiment.build_schedule(config)
+    self.model = experiment.build_model(config, spec)
+    self.model_fn = experiment.make_model_fn(self.model)
+    self.optimizer = make_optimizer(config.train)
+    repl = experiment.replicated(self.mesh)
+    self.repl, self.data_sharding = repl, experiment.batch_sharded(self.mesh)
+    step = functools.partial(
+        train_step, model=self.model, schedule=self.schedule,
+        optimizer=self.optimizer, config=config, num_classes=spec.num_classes)
+    self.train_step = jax.jit(step, in_shardings=(repl, self.data_sharding),
+                              out_shardings=(repl, repl), donate_argnums=0)
+
+  def init_state(self) -> TrainState:
+    key = jax.random.key(self.config.seed)
+    init = lambda: create_train_state(
+        experiment.init_params(self.model, self.spec, jax.random.fold_in(key, 0)),
+        self.optimizer, jax.random.fold_in(key, 1))
+    return jax.jit(init, out_shardings=self.repl)()
+
+  def abstract_state(self) -> TrainState:
+    return abstract_like(jax.eval_shape(self.init_state), self.repl)
+
+  def global_batch(self, local_batch) -> dict:
+    return {k: jax.make_array_from_process_local_data(self.data_sharding, v)
+            for k, v in local_batch.items()}
+
+
+def make_train_loader(config, seed_offset: int = 0):
+  source = pipeline.get_data_source(config.data.dataset, "train", config.data.data_dir)
+  return pipeline.make_loader(
+      source, batch_size=config.train.batch_size, seed=config.seed + seed_offset,
+      image_size=config.data.image_size, random_flip=config.data.random_flip,
+      dequantize=config.data.dequantize, worker_count=config.data.worker_count)
+
+
+class NonFiniteError(RuntimeError):
+  pass
+
+
+def train_and_evaluate(config, workdir: str) -> TrainState:
+  """Trains (or resumes) the config in `workdir`; returns the final state."""
+  spec = experiment.validate_config(config)
+  experiment.check_workdir_compatible(workdir, config, spec)
+  trainer = Trainer(config, spec)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
+                      max_to_keep=config.train.keep_checkpoints)
+  iterator = iter(make_train_loader(config))
+  if ckpt.latest_step() is not None:
+    state, data_state, step = ckpt.restore(trainer.abstract_state())
+    pipeline.set_iterator_state(iterator, data_state)
+    logging.info("Resumed from step %d.", step)
+  else:
+    state = trainer.init_state()
+  experiment.write_config(workdir, config, spec)
+  tc = config.train
+  start = int(state.step)
+  writer = writers.MetricWriter(workdir, total_steps=tc.num_steps, initial=start)
+  sampler = GridSampler(config, trainer, workdir)
+  previous_streak = None
+  try:
+    for step in range(start + 1, tc.num_steps + 1):
+      state, metrics = trainer.train_step(state, trainer.global_batch(next(iterator)))
+      # The previous step's streak is read after this step is dispatched, so the
+      # check every step does not stall the device.
+      if previous_streak is not None:
+        _check_nonfinite(int(previous_streak), tc.max_nonfinite_steps)
+      previous_streak = metrics["nonfinite_streak"]
+      is_last = step == tc.num_steps
+      if step % tc.log_every == 0 or is_last:
+        writer.write(step, jax.device_get(metrics) | {
+            "nonfinite_total": int(state.nonfinite_total)})
+        _check_nonfinite(int(state.nonfinite_streak), tc.max_nonfinite_steps)
+      if step % tc.checkpoint_every == 0 or is_last:
+        _check_nonfinite(int(state.nonfinite_streak), tc.max_nonfinite_steps)
+        ckpt.save(step, state, pipeline.get_iterator_state(iterator))
+      if (tc.sample_every and step % tc.sample_every == 0) or is_last:
+        sampler.write(state.ema_params, step)
+  finally:
+    writer.close()
+    ckpt.close()
+  return state
+
+
+def _check_nonfinite(streak: int, limit: int) -> None:
+  if streak >= limit:
+    raise NonFiniteError(
+        f"{streak} consecutive training steps had a non-finite loss or gradient "
+        f"(train.max_nonfinite_steps={limit}); stopping. The last good checkpoint "
+        "is kept unchanged. Lower train.learning_rate or check the data.")
+
+
+class GridSampler:
+  """Writes a PNG grid of EMA samples during/after training."""
+
+  def __init__(self, config, trainer: Trainer, workdir: str):
+    s, spec = config.sample, trainer.spec
+    n = s.grid_size
+    self.workdir, self.seed = workdir, config.seed
+    shape = (n, spec.image_size, spec.image_size, spec.channels)
+    self.cond = None
+    if spec.num_classes is not None:
+      self.cond = {"label": jnp.arange(n, dtype=jnp.int32) % spec.num_classes}
+    self._sample_fn = None
+    self._make = lambda: experiment.make_config_sample_fn(
+        config, trainer.model_fn, trainer.schedule, shape)
+
+  def write(self, params, step: int) -> str:
+    if self._sample_fn is None:
+      self._sample_fn = self._make()
+    images = self._sample_fn(params, jax.random.key(self.seed + 12345), cond=self.cond)
+    path = os.path.join(self.workdir, f"samples_step{step:07d}.png")
+    writers.save_image_grid(path, np.asarray(images))
+    return path

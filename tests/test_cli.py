@@ -1,0 +1,158 @@
+"""The command line end to end (issue "Training end to end"): train -> sample ->
+eval -> describe on the embedded digits with a tiny UNet, config overrides,
+and bad inputs (one clear message, non-zero exit, nothing in --workdir touched).
+
+Every test here runs `python -m diffusion_jax.main` in subprocesses (see
+tests/_tiny.py for their environment).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import _tiny
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+  return _tiny.session_dirs(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def trained(dirs, tmp_path_factory):
+  """A workdir trained for 2 steps by the CLI."""
+  data_dir, cache_dir = dirs
+  workdir = str(tmp_path_factory.mktemp("cli") / "run")
+  proc = _tiny.run(_tiny.cli_args(workdir, data_dir, {"train.num_steps": 2}),
+                   _tiny.env(cache_dir))
+  _tiny.check_ok(proc)
+  return workdir
+
+
+def test_train_sample_eval_describe(trained, dirs):
+  data_dir, cache_dir = dirs
+  env = _tiny.env(cache_dir)
+  describe = _tiny.popen(_tiny.cli_args(None, data_dir, mode="describe"), env)
+  try:
+    _check_train_sample_eval(trained, data_dir, env)
+  except BaseException:
+    describe.kill()
+    describe.wait()
+    raise
+  [done] = _tiny.wait_all([describe])
+  # Describe (no workdir needed): the parameter count of the tiny UNet.
+  _tiny.check_ok(done)
+  counts = re.findall(r"^parameters: (\d+)$", done.stdout, re.MULTILINE)
+  assert counts == [str(_expected_params(data_dir))], done.stdout[-2000:]
+
+
+def _check_train_sample_eval(workdir, data_dir, env):
+  wd = Path(workdir)
+
+  # Train: the --config.train.num_steps=2 override decides where it stops.
+  assert _tiny.checkpoint_steps(wd) == [2]
+  rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [2]
+  assert math.isfinite(rows[-1]["loss"]) and rows[-1]["skipped"] == 0
+  assert list((wd / "tensorboard").glob("events.out.tfevents.*"))
+  assert Image.open(wd / "samples_step0000002.png").size[0] > 0
+  saved = json.loads((wd / "config.json").read_text())
+  assert saved["config"]["train"]["num_steps"] == 2
+  assert saved["config"]["model"]["ch_mult"] == [1]
+
+  # Sample: the last stdout line is the .npz path.
+  proc = _tiny.run(_tiny.cli_args(workdir, data_dir, mode="sample"), env)
+  _tiny.check_ok(proc)
+  npz = Path(proc.stdout.strip().splitlines()[-1])
+  assert npz == wd / "samples.npz"
+  with np.load(npz) as f:
+    images = f["images"]
+  assert images.dtype == np.uint8 and images.shape == (8, 8, 8, 1)
+  assert Image.open(wd / "samples.png").size[0] > 0
+
+  # Eval: a finite bound in bits/dim, printed and in eval.json.
+  proc = _tiny.run(_tiny.cli_args(workdir, data_dir, mode="eval"), env)
+  _tiny.check_ok(proc)
+  match = re.search(r"bits/dim: ([-+0-9.eE]+|nan|inf)", proc.stdout)
+  assert match, proc.stdout
+  assert math.isfinite(float(match.group(1)))
+  result = json.loads((wd / "eval.json").read_text())
+  assert result["num_examples"] == 16 and result["step"] == 2
+  assert math.isfinite(result["bits_per_dim"]) and result["bits_per_dim"] > 0
+
+
+def _expected_params(data_dir) -> int:
+  import jax
+  from diffusion_jax import experiment
+  config = _tiny.make_config(data_dir)
+  spec = experiment.validate_config(config)
+  model = experiment.build_model(config, spec)
+  shapes = jax.eval_shape(functools.partial(experiment.init_params, model, spec),
+                          jax.random.key(0))
+  return experiment.count_params(shapes)
+
+
+# ----------------------------------------------------------------------------
+# Bad inputs: each one message naming the setting, exit 2, workdir untouched.
+# ----------------------------------------------------------------------------
+
+BROKEN_CONFIG = "def get_config(:\n  return None\n"
+
+# id -> (overrides, CLI keyword arguments, substrings stderr must contain)
+BAD_INPUTS = {
+    "unknown_dataset": ({"data.dataset": "nope"}, {}, ["data.dataset", "'nope'"]),
+    "unknown_sampler": ({"sample.sampler": "nope"}, {"mode": "sample"},
+                        ["sample.sampler", "ddim"]),
+    "unknown_schedule": ({"diffusion.schedule": "nope"}, {}, ["diffusion.schedule", "cosine"]),
+    "image_size_not_data": ({"data.image_size": 16}, {}, ["data.image_size=16", "8x8x1"]),
+    "missing_config_file": ({}, {"config": "configs/no_such_config.py"},
+                            ["--config", "no_such_config.py"]),
+    "broken_config_file": ({}, {"config": "BROKEN"}, ["--config", "SyntaxError"]),
+    "zero_num_steps": ({"train.num_steps": 0}, {}, ["train.num_steps", "positive"]),
+    "negative_num_steps": ({"train.num_steps": -5}, {}, ["train.num_steps", "-5"]),
+    "incompatible_checkpoint": ({"model.ch": 16}, {}, ["model.ch", "--workdir"]),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(trained, dirs, tmp_path_factory):
+  """Runs every BAD_INPUTS case (concurrently) against the trained workdir.
+  Returns ({id: (returncode, stdout, stderr)}, snapshot before, snapshot after)."""
+  data_dir, cache_dir = dirs
+  workdir = trained
+  broken = tmp_path_factory.mktemp("configs") / "broken.py"
+  broken.write_text(BROKEN_CONFIG)
+  before = _tiny.snapshot(workdir)
+  procs = {}
+  for name, (overrides, kwargs, _) in BAD_INPUTS.items():
+    if kwargs.get("config") == "BROKEN":
+      kwargs = {**kwargs, "config": str(broken)}
+    procs[name] = _tiny.popen(_tiny.cli_args(workdir, data_dir, overrides, **kwargs),
+                              _tiny.env(cache_dir))
+  done = _tiny.wait_all(list(procs.values()), timeout=300)
+  results = {name: (d.returncode, d.stdout, d.stderr) for name, d in zip(procs, done)}
+  return results, before, _tiny.snapshot(workdir)
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input(bad_runs, name):
+  results, before, after = bad_runs
+  returncode, out, err = results[name]
+  assert returncode == 2, f"exit {returncode}\n{out[-2000:]}\n{err[-4000:]}"
+  assert "Traceback" not in err, err[-4000:]
+  errors = [line for line in err.splitlines() if line.startswith("diffusion_jax: error:")]
+  assert len(errors) == 1, err[-4000:]
+  for expected in BAD_INPUTS[name][2]:
+    assert expected in errors[0], errors[0]
+  # Nothing in the workdir (checkpoints, config.json, metrics) was written.
+  assert after == before
