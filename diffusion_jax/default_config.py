@@ -20,6 +20,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   data.channels = 1
   data.random_flip = False      # horizontal flips would turn digits into mirror glyphs
   data.dequantize = False       # uniform dequantization (only for likelihood training)
+  data.in_memory = True         # decode the split into RAM once (small datasets)
   data.worker_count = 0         # grain worker processes (0 = in the main process)
 
   config.diffusion = diffusion = ml_collections.ConfigDict()

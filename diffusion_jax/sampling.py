@@ -367,9 +367,12 @@ def make_sample_fn(model_fn: ModelFn, schedule: Schedule, *, shape: Sequence[int
     clip_x0, dynamic_threshold: x̂_0 clipping (see `process.threshold_x0`).
     return_trajectory: static; also return x at every step, [K+1, B, ...].
     x0_steps: static step numbers n in [1, K] whose x̂_0 to return, [M, B, ...].
-    devices: the devices to shard the batch over (None: all).
+    devices: the devices to shard the batch over (None: all of them; one
+      device: no sharding). A batch they do not divide is padded (module docstring).
   Returns:
-    A jitted `sample_fn(params, rng, *, x_T=None, cond=None)`. `rng` is a typed
+    `sample_fn(params, rng, *, x_T=None, cond=None)`, a thin keyword wrapper
+    over the jitted `sample_fn.jitted(params, rng, x_T, cond)` (which has
+    `.lower(...)` for ahead-of-time compilation). `rng` is a typed
     key (`jax.random.key`) or a legacy `PRNGKey` (same samples for the same
     seed); `x_T` [B, ...], N(0, I)-scaled, replaces the drawn prior noise; `cond`
     is passed to `model_fn` untouched (any pytree). It returns x0 float32

@@ -153,7 +153,8 @@ class Trainer:
 
 
 def make_train_loader(config, seed_offset: int = 0):
-  source = pipeline.get_data_source(config.data.dataset, "train", config.data.data_dir)
+  source = pipeline.get_data_source(config.data.dataset, "train", config.data.data_dir,
+                                    in_memory=config.data.in_memory)
   return pipeline.make_loader(
       source, batch_size=config.train.batch_size, seed=config.seed + seed_offset,
       image_size=config.data.image_size, random_flip=config.data.random_flip,

@@ -3,10 +3,10 @@ CLI runs in subprocesses, and reading the orbax checkpoints back.
 
 Subprocesses get a fixed environment (`env`):
   * JAX_PLATFORMS=cpu and an explicit host device count (1 or 8);
-  * XLA_FLAGS=--xla_backend_optimization_level=0: on a 2-core CPU the tiny
-    UNet's train step takes 20-50 s to compile at the default level and
-    5-10 s at 0 (the arithmetic is IEEE either way, and every comparison in
-    these tests is between runs with the same flags);
+  * XLA_FLAGS=--xla_backend_optimization_level=0: on a busy 2-core CPU the
+    tiny UNet's init and train step take ~25 s to compile at the default
+    level and ~12 s at 0 (the arithmetic is IEEE either way, and every
+    comparison in these tests is between runs with the same flags);
   * a persistent compilation cache shared by the whole test session, so that
     each program (train step, init, sampler, ...) is compiled once and the
     later runs of the same config only load it.
@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "configs" / "digits.py"
 
-# A UNet of ~5k parameters, T = 10, 5 sampling steps, 16 test images for eval.
+# A UNet of 10,593 parameters, T = 10, 5 sampling steps, 16 test images for eval.
 TINY = {
     "model.ch": 8,
     "model.ch_mult": (1,),

@@ -151,9 +151,10 @@ def test_sampler_usable_as_python_object():
   smp = samplers.ddim(sched)
   denoise = dj.sampling.make_denoise_fn(linear_fake, sched, None, None)
   x_T = jnp.linspace(-1, 1, 8).reshape(4, 2)
+  step = jax.jit(lambda state, i, n: smp.step(state, samplers.StepInput(i, n, None), denoise))
   state = smp.init(x_T)
   for n, i in enumerate(range(9, -1, -1), 1):
-    state, _ = smp.step(state, samplers.StepInput(jnp.int32(i), jnp.int32(n), None), denoise)
+    state, _ = step(state, jnp.int32(i), jnp.int32(n))
   f = make_sample_fn(linear_fake, LIN100, shape=(4, 2), sampler="ddim", num_steps=10)
   np.testing.assert_allclose(state.x, f(None, jax.random.key(0), x_T=x_T), rtol=1e-6, atol=1e-6)
   assert samplers.get_sampler("dpmpp_2m", sched).init(x_T).x.shape == (4, 2)
@@ -348,6 +349,9 @@ def test_x_T_honoured_and_output_shapes():
   res2 = h(None, jax.random.key(0), x_T=x_T)
   assert res2.trajectory is None
   np.testing.assert_array_equal(res2.x0_predictions, res.x0_predictions[::2][::-1])
+  # One scalar per sample.
+  assert make_sample_fn(linear_fake, LIN100, shape=(5,), num_steps=3)(
+      None, jax.random.key(0)).shape == (5,)
 
 
 def test_eta_adds_fresh_noise():

@@ -86,7 +86,7 @@ def test_shape_signature_names_settings(dirs):
     ({"model.dropout": 1.5}, r"model\.dropout"),
     ({"train.warmup_steps": -1}, r"train\.warmup_steps"),
     ({"train.learning_rate": 0.0}, r"train\.learning_rate"),
-])
+], ids=["num_groups", "dropout", "warmup_steps", "learning_rate"])
 def test_invalid_setting_fails_before_the_workdir_is_touched(dirs, tmp_path, overrides,
                                                              message):
   data_dir, _ = dirs
