@@ -12,6 +12,7 @@ from ml_collections import config_dict
 def get_default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.task = "diffusion"     # diffusion | classifier (noise-aware, for classifier guidance)
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "digits"       # embedded default, built offline; or any tfds image dataset
@@ -42,7 +43,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   model.dropout = 0.1
   model.num_heads = 1
   model.num_groups = 32         # GroupNorm groups; must divide every channel count
-  model.class_conditional = False  # adds a label embedding (num_classes from the data)
+  model.conditioning = "none"   # none | class (label embedding) | embedding (cross-attention)
+  model.context_len = 4         # conditioning="embedding": length L of each class's sequence
+  model.context_dim = 32        # conditioning="embedding": width D of the sequence
   model.dtype = "float32"       # compute dtype: float32 | bfloat16 (params stay float32)
 
   config.train = train = ml_collections.ConfigDict()
@@ -59,23 +62,25 @@ def get_default_config() -> ml_collections.ConfigDict:
   train.checkpoint_every = 500
   train.keep_checkpoints = 2
   train.sample_every = 0        # PNG grid of EMA samples every N steps (0: only at the end)
-  train.label_dropout = 0.0     # classifier-free guidance: p(label -> null label)
+  train.label_dropout = 0.0     # classifier-free guidance training: p(cond -> null cond)
 
   config.sample = sample = ml_collections.ConfigDict()
   sample.sampler = "ddim"       # ddpm | ddim | dpmpp_2m | ...
-  sample.num_steps = config_dict.placeholder(int)  # None -> all T steps (set in configs)
+  sample.num_steps = 50         # sampler steps K; None -> all T steps
   sample.eta = 0.0              # DDIM stochasticity (0 deterministic, 1 = DDPM variance)
   sample.spacing = "trailing"   # linspace | leading | trailing | quadratic
-  sample.clip_x0 = config_dict.placeholder(float)  # clip predicted x0 to [-c, c]; None disables
+  sample.clip_x0 = 1.0          # clip predicted x0 to [-c, c] (data lie in [-1, 1]); None disables
   sample.num_samples = 1000
   sample.batch_size = 500
   sample.grid_size = 100        # images in the PNG grid
   sample.labels = config_dict.placeholder(str)  # e.g. "3" or "0,1,2"; None balances classes
   sample.guidance_scale = 1.0   # classifier-free guidance w (1 = plain conditional)
+  sample.classifier_workdir = config_dict.placeholder(str)  # classifier guidance: a task=classifier run
+  sample.classifier_scale = 1.0  # classifier guidance scale s
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 64
-  ev.max_examples = config_dict.placeholder(int)  # test images used for the bound (None = all)
+  ev.max_examples = 128         # test images for the bound (T forwards each); None = all
   ev.chunk_size = 50            # timesteps evaluated at once (memory bound)
 
   config.distributed = ml_collections.ConfigDict()

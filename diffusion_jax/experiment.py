@@ -21,12 +21,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffusion_jax import losses, process, schedules
 from diffusion_jax.data import pipeline
+from diffusion_jax import guidance
+from diffusion_jax.models.classifier import NoisyClassifier
 from diffusion_jax.models.unet import UNet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# Config fields that fix the shapes of the parameters in a checkpoint.
-SHAPE_FIELDS = ("model", "data.image_size", "data.channels", "diffusion.variance",
-                "num_classes")
+TASKS = ("diffusion", "classifier")
+# none: unconditional; class: a label embedding added to the timestep embedding;
+# embedding: a fixed per-class sequence [L, D] read by cross-attention.
+CONDITIONINGS = ("none", "class", "embedding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +37,9 @@ class DataSpec:
   """What the model needs to know about the data."""
   image_size: int
   channels: int
-  num_classes: int | None
+  num_classes: int | None          # set when the model uses labels
+  conditioning: str = "none"       # one of CONDITIONINGS
+  context_shape: tuple[int, int] | None = None  # (L, D) for "embedding"
 
 
 def _known_samplers() -> list[str]:
@@ -56,6 +61,8 @@ def validate_config(config: ml_collections.ConfigDict) -> DataSpec:
   """Checks every user-facing setting; returns the data spec (no data is read
   except the dataset's metadata)."""
   d, m, tr, s = config.diffusion, config.model, config.train, config.sample
+  _check_choice("task", config.task, TASKS)
+  _check_choice("model.conditioning", m.conditioning, CONDITIONINGS)
   _check_choice("diffusion.schedule", d.schedule, sorted(schedules.SCHEDULES))
   _check_positive_int("diffusion.num_timesteps", d.num_timesteps)
   _check_choice("diffusion.prediction", d.prediction, process.PREDICTIONS)
@@ -114,10 +121,17 @@ def _data_spec(config) -> DataSpec:
     raise ValueError(
         f"data.image_size={size} must be divisible by 2**(len(model.ch_mult)-1) = "
         f"{2 ** (levels - 1)} for model.ch_mult={tuple(config.model.ch_mult)}.")
-  if config.model.class_conditional and num_classes is None:
-    raise ValueError(f"model.class_conditional=True but data.dataset="
-                     f"{config.data.dataset!r} has no class labels.")
-  return DataSpec(size, channels, num_classes if config.model.class_conditional else None)
+  kind = config.model.conditioning
+  uses_labels = kind != "none" or config.task == "classifier"
+  if uses_labels and num_classes is None:
+    raise ValueError(f"model.conditioning={kind!r} / task={config.task!r} needs labels, "
+                     f"but data.dataset={config.data.dataset!r} has none.")
+  context = None
+  if kind == "embedding":
+    _check_positive_int("model.context_len", config.model.context_len)
+    _check_positive_int("model.context_dim", config.model.context_dim)
+    context = (config.model.context_len, config.model.context_dim)
+  return DataSpec(size, channels, num_classes if uses_labels else None, kind, context)
 
 
 # ----------------------------------------------------------------------------
@@ -132,15 +146,46 @@ def build_schedule(config) -> schedules.Schedule:
       rescale_to_zero_terminal_snr=d.rescale_to_zero_terminal_snr)
 
 
-def build_model(config, spec: DataSpec) -> UNet:
+def build_model(config, spec: DataSpec):
+  """The UNet (task "diffusion") or the noise-aware classifier (task "classifier")."""
   m = config.model
+  arch = dict(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+              attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+              num_heads=m.num_heads, num_groups=m.num_groups, dtype=DTYPES[m.dtype])
+  if config.task == "classifier":
+    return NoisyClassifier(num_classes=spec.num_classes, **arch)
   return UNet(
-      ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
-      attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
-      num_heads=m.num_heads, num_groups=m.num_groups,
-      out_channels=spec.channels,
+      **arch, out_channels=spec.channels,
       learn_sigma=config.diffusion.variance in ("learned", "learned_range"),
-      num_classes=spec.num_classes, dtype=DTYPES[m.dtype])
+      num_classes=spec.num_classes if spec.conditioning == "class" else None,
+      context_dim=spec.context_shape[1] if spec.context_shape else None)
+
+
+def class_contexts(spec: DataSpec) -> jnp.ndarray:
+  """The fixed embedding sequence of each class, float32 [C, L, D].
+
+  A stand-in for a frozen text encoder's output: N(0, 1/D) entries drawn once
+  from a fixed seed, so every run and checkpoint agree on them.
+  """
+  L, D = spec.context_shape
+  rs = np.random.RandomState(20221205)
+  return jnp.asarray(rs.normal(size=(spec.num_classes, L, D)) / np.sqrt(D), jnp.float32)
+
+
+def make_cond(spec: DataSpec, labels):
+  """The model's `cond` for int32 labels [B]: None, {"label"} or {"context"}."""
+  if spec.conditioning == "none":
+    return None
+  if spec.conditioning == "class":
+    return {"label": jnp.asarray(labels, jnp.int32)}
+  return {"context": class_contexts(spec)[labels]}
+
+
+def null_cond_fn(spec: DataSpec) -> Callable[[dict], dict]:
+  """cond -> its unconditional version (null label, or all-zero context)."""
+  if spec.conditioning == "class":
+    return guidance.null_label(spec.num_classes)
+  return guidance.null_context
 
 
 def model_inputs(cond) -> dict[str, Any]:
@@ -151,18 +196,31 @@ def model_inputs(cond) -> dict[str, Any]:
 
 
 def make_model_fn(model: UNet) -> Callable:
-  """`model_fn(params, x_t, t, cond) -> output` in inference mode (no dropout)."""
+  """`model_fn(params, x_t, t, cond) -> output` in inference mode (no dropout).
+
+  Only the parts of `cond` the UNet was built for are used, so an
+  unconditional model ignores e.g. the labels meant for classifier guidance.
+  """
+  keep = {"y": model.num_classes is not None, "context": model.context_dim is not None}
   def model_fn(params, x_t, t, cond=None):
-    return model.apply({"params": params}, x_t, t, **model_inputs(cond), train=False)
+    inputs = {k: v for k, v in model_inputs(cond).items() if keep[k]}
+    return model.apply({"params": params}, x_t, t, **inputs, train=False)
   return model_fn
 
 
-def init_params(model: UNet, spec: DataSpec, rng):
-  """Initializes the UNet's parameters (a plain pytree) for one dummy example."""
+def make_classifier_fn(model: NoisyClassifier) -> Callable:
+  """`classifier_fn(params, x_t, t) -> logits [B, C]` in inference mode."""
+  return lambda params, x_t, t: model.apply({"params": params}, x_t, t, train=False)
+
+
+def init_params(model, spec: DataSpec, rng):
+  """Initializes the model's parameters (a plain pytree) for one dummy example."""
   x = jnp.zeros((1, spec.image_size, spec.image_size, spec.channels), jnp.float32)
   t = jnp.zeros((1,), jnp.int32)
-  y = None if spec.num_classes is None else jnp.zeros((1,), jnp.int32)
-  return model.init({"params": rng}, x, t, y=y, train=False)["params"]
+  if isinstance(model, NoisyClassifier):
+    return model.init({"params": rng}, x, t, train=False)["params"]
+  cond = make_cond(spec, jnp.zeros((1,), jnp.int32))
+  return model.init({"params": rng}, x, t, **model_inputs(cond), train=False)["params"]
 
 
 def make_mesh() -> Mesh:
@@ -176,16 +234,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
-
-
-def make_config_sample_fn(config, model_fn, schedule, shape, cond_example=None):
-  """`sample_fn(params, rng, cond=...)` for the sampler settings in `config.sample`."""
-  from diffusion_jax.sampling import make_sample_fn
-  s, d = config.sample, config.diffusion
-  return make_sample_fn(
-      model_fn, schedule, shape=shape, sampler=s.sampler, num_steps=s.num_steps,
-      eta=s.eta, spacing=s.spacing, prediction=d.prediction, variance=d.variance,
-      clip_x0=s.clip_x0)
 
 
 def count_params(params) -> int:

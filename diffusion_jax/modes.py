@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import experiment, losses, writers
+import ml_collections
+
+from diffusion_jax import experiment, generate, losses, process, writers
 from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.data import pipeline
 from diffusion_jax.train import Trainer
@@ -31,86 +33,139 @@ def restore_ema_params(config, workdir: str):
   return trainer, state.ema_params, step
 
 
-def balanced_labels(n: int, num_classes: int) -> np.ndarray:
-  """0, 1, ..., C-1, 0, 1, ... — every class equally often (±1)."""
-  return (np.arange(n) % num_classes).astype(np.int32)
+def restore_classifier(workdir: str):
+  """The EMA params of a noise-aware classifier trained in `workdir` (task
+  "classifier"), with its `classifier_fn(params, x_t, t) -> logits`."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise ValueError(f"sample.classifier_workdir={workdir!r} holds no trained "
+                     "classifier (no config.json); train configs/digits_classifier.py first.")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f)["config"])
+  if config.get("task") != "classifier":
+    raise ValueError(f"sample.classifier_workdir={workdir!r} holds a "
+                     f"task={config.get('task')!r} run, not a classifier.")
+  trainer, params, _ = restore_ema_params(config, workdir)
+  return experiment.make_classifier_fn(trainer.model), params
 
 
-def generate(config, trainer: Trainer, params, num_samples: int, labels=None,
-             seed: int | None = None) -> np.ndarray:
-  """Draws `num_samples` images in batches of config.sample.batch_size.
-  Returns float32 [N, H, W, C] in [-1, 1]."""
-  spec, bs = trainer.spec, config.sample.batch_size
-  shape = (bs, spec.image_size, spec.image_size, spec.channels)
-  sample_fn = experiment.make_config_sample_fn(config, trainer.model_fn,
-                                               trainer.schedule, shape)
-  key = jax.random.key(config.seed if seed is None else seed)
-  out = []
-  for b in range(-(-num_samples // bs)):
-    cond = None
-    if labels is not None:
-      chunk = np.resize(labels[b * bs:(b + 1) * bs], bs)  # Pads the last batch.
-      cond = {"label": jnp.asarray(chunk)}
-    out.append(np.asarray(sample_fn(params, jax.random.fold_in(key, b), cond=cond)))
-  return np.concatenate(out)[:num_samples]
+def make_generator(config, trainer: Trainer, params, batch_size: int):
+  """(Generator, params) for config.sample, with classifier guidance when
+  sample.classifier_workdir is set."""
+  classifier_fn = None
+  if config.sample.classifier_workdir:
+    classifier_fn, classifier_params = restore_classifier(config.sample.classifier_workdir)
+    params = {"model": params, "classifier": classifier_params}
+  gen = generate.Generator(config, trainer.spec, trainer.model_fn, trainer.schedule,
+                           batch_size=batch_size, classifier_fn=classifier_fn)
+  return gen, params
 
 
 def sample(config, workdir: str) -> str:
   """--mode=sample: writes samples.npz (uint8 images [N,H,W,C], labels) + PNG."""
+  if config.task != "diffusion":
+    raise ValueError(f"--mode=sample needs task='diffusion', got task={config.task!r}.")
   trainer, params, step = restore_ema_params(config, workdir)
-  n, spec = config.sample.num_samples, trainer.spec
+  s, spec = config.sample, trainer.spec
+  n = s.num_samples
   labels = None
-  if spec.num_classes is not None:
-    labels = (np.asarray(config.sample.labels, np.int32) if config.sample.get("labels")
-              else balanced_labels(n, spec.num_classes))
-  images = writers.to_uint8(generate(config, trainer, params, n, labels))
+  if spec.conditioning != "none" or s.classifier_workdir:
+    num_classes = spec.num_classes or 10
+    if s.classifier_workdir and spec.num_classes is None:
+      num_classes = pipeline.dataset_info(config.data.dataset, config.data.data_dir)[3]
+    labels = generate.parse_labels(s.labels, n, num_classes)
+  gen, params = make_generator(config, trainer, params, s.batch_size)
+  images = writers.to_uint8(gen(params, n, labels, seed=config.seed))
   path = os.path.join(workdir, "samples.npz")
-  arrays = {"images": images} | ({} if labels is None else {"labels": labels[:n]})
+  arrays = {"images": images} | ({} if labels is None else {"labels": labels})
   np.savez_compressed(path, **arrays)
-  grid = images[: config.sample.grid_size]
+  grid = images[: s.grid_size]
   writers.save_image_grid(os.path.join(workdir, "samples.png"), grid)
   print(f"sampled {n} images from the step-{step} EMA params with "
-        f"{config.sample.sampler}; grid: {os.path.join(workdir, 'samples.png')}")
+        f"{s.sampler}; grid: {os.path.join(workdir, 'samples.png')}")
   print(path)
   return path
 
 
-def evaluate(config, workdir: str) -> dict:
-  """--mode=eval: the variational bound in bits/dim on the test split."""
-  trainer, params, step = restore_ema_params(config, workdir)
-  ev, d = config.eval, config.diffusion
+def _test_batches(config):
+  """Test-split batches, up to eval.max_examples images."""
+  ev = config.eval
   source = pipeline.get_data_source(config.data.dataset, "test", config.data.data_dir)
   loader = pipeline.make_loader(source, batch_size=ev.batch_size, seed=config.seed,
                                 image_size=config.data.image_size, shuffle=False,
                                 num_epochs=1, drop_remainder=False)
+  seen = 0
+  for batch in loader:
+    if ev.max_examples is not None and seen >= ev.max_examples:
+      return
+    seen += len(batch["image"])
+    yield batch
+
+
+def _write_json(workdir: str, name: str, result: dict) -> None:
+  with open(os.path.join(workdir, name), "w") as f:
+    json.dump(result, f, indent=2)
+
+
+def evaluate(config, workdir: str) -> dict:
+  """--mode=eval: bits/dim on the test split, or the classifier's accuracy per
+  noise level for task "classifier"."""
+  trainer, params, step = restore_ema_params(config, workdir)
+  if config.task == "classifier":
+    return evaluate_classifier(config, workdir, trainer, params, step)
+  ev, d, spec = config.eval, config.diffusion, trainer.spec
 
   @jax.jit
   def bpd(params, x0, labels, rng):
-    cond = None if trainer.spec.num_classes is None else {"label": labels}
+    cond = experiment.make_cond(spec, labels)
     denoiser = lambda x_t, t: trainer.model_fn(params, x_t, t, cond)
     return losses.bits_per_dim(trainer.schedule, denoiser, x0, rng,
                                prediction=d.prediction, variance=d.variance,
                                chunk_size=ev.chunk_size)
 
-  totals, priors, seen = [], [], 0
+  totals, priors = [], []
   key = jax.random.key(config.seed + 1)
-  for i, batch in enumerate(loader):
-    if ev.max_examples is not None and seen >= ev.max_examples:
-      break
+  for i, batch in enumerate(_test_batches(config)):
     out = bpd(params, batch["image"], batch["label"], jax.random.fold_in(key, i))
     totals.append(np.asarray(out["total_bpd"]))
     priors.append(np.asarray(out["prior_bpd"]))
-    seen += len(batch["image"])
   total = np.concatenate(totals)[: ev.max_examples]
   result = {"step": step, "num_examples": int(total.size),
             "bits_per_dim": float(total.mean()),
             "bits_per_dim_stderr": float(total.std() / np.sqrt(total.size)),
             "prior_bits_per_dim": float(np.concatenate(priors).mean())}
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(result, f, indent=2)
+  _write_json(workdir, "eval.json", result)
   print(f"test bits/dim: {result['bits_per_dim']:.4f} ± "
         f"{result['bits_per_dim_stderr']:.4f} over {result['num_examples']} images "
         f"(step {step}, T={config.diffusion.num_timesteps})")
+  return result
+
+
+def evaluate_classifier(config, workdir, trainer, params, step) -> dict:
+  """Test accuracy of the noise-aware classifier at 10 noise levels
+  t = 0, T/10, ..., 9T/10 and T-1, on x_t ~ q(x_t|x_0)."""
+  T = config.diffusion.num_timesteps
+  levels = sorted(set(np.linspace(0, T - 1, 11).round().astype(int).tolist()))
+  classifier_fn = experiment.make_classifier_fn(trainer.model)
+
+  @jax.jit
+  def correct(params, x0, labels, t_scalar, rng):
+    t = jnp.full(labels.shape, t_scalar, jnp.int32)
+    x_t = process.q_sample(trainer.schedule, x0, t, jax.random.normal(rng, x0.shape))
+    return jnp.sum(jnp.argmax(classifier_fn(params, x_t, t), -1) == labels)
+
+  hits, total = np.zeros(len(levels)), 0
+  key = jax.random.key(config.seed + 1)
+  for i, batch in enumerate(_test_batches(config)):
+    total += len(batch["label"])
+    for j, t in enumerate(levels):
+      hits[j] += int(correct(params, batch["image"], batch["label"], t,
+                             jax.random.fold_in(key, i * 1000 + j)))
+  result = {"step": step, "num_examples": total,
+            "accuracy_by_t": {str(t): hits[j] / total for j, t in enumerate(levels)}}
+  _write_json(workdir, "eval.json", result)
+  print("noise-aware classifier test accuracy by timestep t: " + ", ".join(
+      f"t={t}: {hits[j] / total:.1%}" for j, t in enumerate(levels)))
   return result
 
 

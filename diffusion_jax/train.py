@@ -21,10 +21,10 @@ import optax
 from absl import logging
 from flax import struct
 
-from diffusion_jax import experiment, losses
+from diffusion_jax import experiment, losses, process
 from diffusion_jax.checkpoint import Checkpointer, abstract_like
 from diffusion_jax.data import pipeline
-from diffusion_jax import writers
+from diffusion_jax import generate, writers
 
 
 class TrainState(struct.PyTreeNode):
@@ -63,43 +63,72 @@ def ema_decay_at(step, decay: float):
   return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
 
 
-def train_step(state: TrainState, batch, *, model, schedule, optimizer, config,
-               num_classes):
-  """One update on a global batch {"image": f32 [B,H,W,C], "label": i32 [B]}.
+def diffusion_loss(params, batch, rng, *, model, schedule, config, spec):
+  """L_simple / hybrid / VLB (config.diffusion) on a batch, with label dropout.
 
-  A non-finite loss or gradient leaves params, EMA and optimizer state as they
-  were and increments the non-finite counters. Returns (state, metrics).
+  batch: {"image": f32 [B, H, W, C], "label": i32 [B]}. With a conditional
+  model, each example's cond is replaced by the null cond with probability
+  train.label_dropout (classifier-free guidance training).
+  Returns (mean loss, metrics).
   """
-  d, tc = config.diffusion, config.train
-  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  d = config.diffusion
   k_t, k_noise, k_drop, k_label = jax.random.split(rng, 4)
   x0 = batch["image"]
   t = losses.sample_timesteps(k_t, x0.shape[0], schedule.num_timesteps)
   noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
-  y = None
-  if num_classes is not None:  # Classifier-free guidance: drop labels to null.
-    drop = jax.random.bernoulli(k_label, tc.label_dropout, batch["label"].shape)
-    y = jnp.where(drop, num_classes, batch["label"])
+  cond = experiment.make_cond(spec, batch["label"])
+  if cond is not None and config.train.label_dropout > 0:
+    drop = jax.random.bernoulli(k_label, config.train.label_dropout, t.shape)
+    null = experiment.null_cond_fn(spec)(cond)
+    cond = jax.tree_util.tree_map(
+        lambda n, c: jnp.where(drop.reshape((-1,) + (1,) * (c.ndim - 1)), n, c),
+        null, cond)
+  denoiser = lambda x_t, t: model.apply(
+      {"params": params}, x_t, t, **experiment.model_inputs(cond), train=True,
+      rngs={"dropout": k_drop})
+  terms = losses.training_losses(
+      schedule, denoiser, x0, t, noise, prediction=d.prediction,
+      variance=d.variance, loss_type=d.loss_type, weighting=d.weighting,
+      min_snr_gamma=d.min_snr_gamma, vlb_weight=d.vlb_weight)
+  metrics = {k: jnp.mean(v) for k, v in terms.items() if k != "loss"}
+  return jnp.mean(terms["loss"]), metrics
 
-  def loss_fn(params):
-    denoiser = lambda x_t, t: model.apply(
-        {"params": params}, x_t, t, y=y, train=True, rngs={"dropout": k_drop})
-    terms = losses.training_losses(
-        schedule, denoiser, x0, t, noise, prediction=d.prediction,
-        variance=d.variance, loss_type=d.loss_type, weighting=d.weighting,
-        min_snr_gamma=d.min_snr_gamma, vlb_weight=d.vlb_weight)
-    return jnp.mean(terms["loss"]), terms
 
-  (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+def classifier_loss(params, batch, rng, *, model, schedule, config, spec):
+  """Cross-entropy of a noise-aware classifier on x_t ~ q(x_t|x_0), t uniform
+  (Dhariwal & Nichol 2021, §4). Returns (mean loss, metrics)."""
+  del config, spec
+  k_t, k_noise, k_drop = jax.random.split(rng, 3)
+  x0, labels = batch["image"], batch["label"]
+  t = losses.sample_timesteps(k_t, x0.shape[0], schedule.num_timesteps)
+  x_t = process.q_sample(schedule, x0, t, jax.random.normal(k_noise, x0.shape, x0.dtype))
+  logits = model.apply({"params": params}, x_t, t, train=True, rngs={"dropout": k_drop})
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return jnp.mean(ce), {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+
+
+LOSSES = {"diffusion": diffusion_loss, "classifier": classifier_loss}
+
+
+def train_step(state: TrainState, batch, *, loss_fn, optimizer, ema_decay: float):
+  """One update on a global batch with `loss_fn(params, batch, rng) -> (loss, metrics)`.
+
+  The step's randomness is fold_in(rng, step). A non-finite loss or gradient
+  leaves params, EMA and optimizer state as they were and increments the
+  non-finite counters. Returns (state, metrics).
+  """
+  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, batch, rng)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  decay = ema_decay_at(state.step, tc.ema_decay)
+  decay = ema_decay_at(state.step, ema_decay)
   ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p,
                                state.ema_params, params)
   # One scalar test: the global norm is non-finite iff some gradient is (or it
   # overflows). A per-leaf jnp.all(isfinite) reduction gets re-fused by XLA
   # into every select below, which doubled the step's compile time.
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   keep = lambda new, old: jax.tree_util.tree_map(
       lambda a, b: jnp.where(ok, a, b), new, old)
@@ -111,11 +140,8 @@ def train_step(state: TrainState, batch, *, model, schedule, optimizer, config,
       opt_state=keep(opt_state, state.opt_state),
       nonfinite_streak=(state.nonfinite_streak + 1) * bad,
       nonfinite_total=state.nonfinite_total + bad)
-  metrics = {"loss": loss, "mse": jnp.mean(terms["mse"]),
-             "grad_norm": grad_norm, "skipped": bad,
-             "nonfinite_streak": new_state.nonfinite_streak}
-  if "vb" in terms:
-    metrics["vb"] = jnp.mean(terms["vb"])
+  metrics = aux | {"loss": loss, "grad_norm": grad_norm, "skipped": bad,
+                   "nonfinite_streak": new_state.nonfinite_streak}
   return new_state, metrics
 
 
@@ -127,13 +153,15 @@ class Trainer:
     self.mesh = experiment.make_mesh()
     self.schedule = experiment.build_schedule(config)
     self.model = experiment.build_model(config, spec)
-    self.model_fn = experiment.make_model_fn(self.model)
+    self.model_fn = (experiment.make_model_fn(self.model)
+                     if config.task == "diffusion" else None)
     self.optimizer = make_optimizer(config.train)
     repl = experiment.replicated(self.mesh)
     self.repl, self.data_sharding = repl, experiment.batch_sharded(self.mesh)
-    step = functools.partial(
-        train_step, model=self.model, schedule=self.schedule,
-        optimizer=self.optimizer, config=config, num_classes=spec.num_classes)
+    loss_fn = functools.partial(LOSSES[config.task], model=self.model,
+                                schedule=self.schedule, config=config, spec=spec)
+    step = functools.partial(train_step, loss_fn=loss_fn, optimizer=self.optimizer,
+                             ema_decay=config.train.ema_decay)
     self.train_step = jax.jit(step, in_shardings=(repl, self.data_sharding),
                               out_shardings=(repl, repl), donate_argnums=0)
 
@@ -183,7 +211,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   tc = config.train
   start = int(state.step)
   writer = writers.MetricWriter(workdir, total_steps=tc.num_steps, initial=start)
-  sampler = GridSampler(config, trainer, workdir)
+  sampler = GridSampler(config, trainer, workdir) if config.task == "diffusion" else None
   previous_streak = None
   try:
     for step in range(start + 1, tc.num_steps + 1):
@@ -201,7 +229,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
       if step % tc.checkpoint_every == 0 or is_last:
         _check_nonfinite(int(state.nonfinite_streak), tc.max_nonfinite_steps)
         ckpt.save(step, state, pipeline.get_iterator_state(iterator))
-      if (tc.sample_every and step % tc.sample_every == 0) or is_last:
+      if sampler and ((tc.sample_every and step % tc.sample_every == 0) or is_last):
         sampler.write(state.ema_params, step)
   finally:
     writer.close()
@@ -218,24 +246,22 @@ def _check_nonfinite(streak: int, limit: int) -> None:
 
 
 class GridSampler:
-  """Writes a PNG grid of EMA samples during/after training."""
+  """Writes a PNG grid of EMA samples (balanced labels if conditional)."""
 
   def __init__(self, config, trainer: Trainer, workdir: str):
-    s, spec = config.sample, trainer.spec
-    n = s.grid_size
-    self.workdir, self.seed = workdir, config.seed
-    shape = (n, spec.image_size, spec.image_size, spec.channels)
-    self.cond = None
-    if spec.num_classes is not None:
-      self.cond = {"label": jnp.arange(n, dtype=jnp.int32) % spec.num_classes}
-    self._sample_fn = None
-    self._make = lambda: experiment.make_config_sample_fn(
-        config, trainer.model_fn, trainer.schedule, shape)
+    self.config, self.trainer, self.workdir = config, trainer, workdir
+    self._generator = None
 
   def write(self, params, step: int) -> str:
-    if self._sample_fn is None:
-      self._sample_fn = self._make()
-    images = self._sample_fn(params, jax.random.key(self.seed + 12345), cond=self.cond)
+    spec, n = self.trainer.spec, self.config.sample.grid_size
+    if self._generator is None:  # Compiled on first use only.
+      self._generator = generate.Generator(
+          self.config, spec, self.trainer.model_fn, self.trainer.schedule, batch_size=n)
+    labels, ncols = None, None
+    if spec.conditioning != "none":  # One row per class.
+      ncols = -(-n // spec.num_classes)
+      labels = np.repeat(np.arange(spec.num_classes, dtype=np.int32), ncols)[:n]
+    images = self._generator(params, n, labels, seed=self.config.seed + 12345)
     path = os.path.join(self.workdir, f"samples_step{step:07d}.png")
-    writers.save_image_grid(path, np.asarray(images))
+    writers.save_image_grid(path, images, ncols=ncols)
     return path
