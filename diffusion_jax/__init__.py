@@ -14,4 +14,11 @@ from diffusion_jax.losses import (
     LOSS_TYPES, WEIGHTINGS, bits_per_dim, discretized_gaussian_log_likelihood,
     loss_weight, normal_kl, prior_bpd, sample_timesteps, training_losses, vlb_terms)
 
+from diffusion_jax.sampling import (
+    DEFAULT_SPACING, SampleOutput, logsnr_timesteps, make_denoise_fn, make_invert_fn,
+    make_sample_fn, sampling_schedule, slerp)
+from diffusion_jax import samplers
+from diffusion_jax.samplers import SAMPLERS, Sampler, get_sampler
+from diffusion_jax.guidance import classifier_free_guidance, classifier_guidance
+
 __version__ = "0.1.0"

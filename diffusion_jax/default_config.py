@@ -36,24 +36,24 @@ def get_default_config() -> ml_collections.ConfigDict:
   diffusion.vlb_weight = 1e-3       # λ of L_hybrid = L_simple + λ L_vlb (IDDPM)
 
   config.model = model = ml_collections.ConfigDict()
-  model.ch = 64                 # base channel count
+  model.ch = 32                 # base channel count
   model.ch_mult = (1, 2)        # channel multiplier per resolution level (8x8, 4x4)
   model.num_res_blocks = 2
   model.attn_resolutions = (4,)  # feature-map sizes that get self-attention
   model.dropout = 0.1
   model.num_heads = 1
-  model.num_groups = 32         # GroupNorm groups; must divide every channel count
+  model.num_groups = 8          # GroupNorm groups; must divide every channel count
   model.conditioning = "none"   # none | class (label embedding) | embedding (cross-attention)
   model.context_len = 4         # conditioning="embedding": length L of each class's sequence
   model.context_dim = 32        # conditioning="embedding": width D of the sequence
   model.dtype = "float32"       # compute dtype: float32 | bfloat16 (params stay float32)
 
   config.train = train = ml_collections.ConfigDict()
-  train.num_steps = 3000
+  train.num_steps = 2500
   train.batch_size = 128        # global batch, split over all devices
   train.optimizer = "adam"      # adam | adamw
   train.learning_rate = 1e-3
-  train.warmup_steps = 200      # linear learning-rate warm-up
+  train.warmup_steps = 100      # linear learning-rate warm-up (0: constant rate)
   train.weight_decay = 0.0      # adamw only
   train.grad_clip = 1.0         # global-norm clipping; 0 disables
   train.ema_decay = 0.999       # EMA decay; the warm-up min(decay, (1+n)/(10+n)) applies

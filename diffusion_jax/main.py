@@ -76,7 +76,7 @@ def main(argv) -> None:
   if config.distributed.initialize:
     import jax
     jax.distributed.initialize()
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.ERROR)  # tfds warns about optional OpenCV on every read.
   from diffusion_jax import modes, train
   if FLAGS.mode == "describe":
     modes.describe(config)

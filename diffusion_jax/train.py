@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 from flax import struct
 
 from diffusion_jax import experiment, losses, process
@@ -204,7 +203,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   if ckpt.latest_step() is not None:
     state, data_state, step = ckpt.restore(trainer.abstract_state())
     pipeline.set_iterator_state(iterator, data_state)
-    logging.info("Resumed from step %d.", step)
+    print(f"Resumed from the step-{step} checkpoint in {workdir}.", flush=True)
   else:
     state = trainer.init_state()
   experiment.write_config(workdir, config, spec)
