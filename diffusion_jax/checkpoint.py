@@ -13,7 +13,6 @@ checkpoint intact.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -66,8 +65,3 @@ def abstract_like(tree, sharding):
   """ShapeDtypeStructs of `tree` placed on `sharding` (e.g. replicated)."""
   return jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-
-
-def read_json(path: str):
-  with open(path) as f:
-    return json.load(f)

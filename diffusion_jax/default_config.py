@@ -49,7 +49,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   model.dtype = "float32"       # compute dtype: float32 | bfloat16 (params stay float32)
 
   config.train = train = ml_collections.ConfigDict()
-  train.num_steps = 2500
+  train.num_steps = 2000
   train.batch_size = 128        # global batch, split over all devices
   train.optimizer = "adam"      # adam | adamw
   train.learning_rate = 1e-3

@@ -8,7 +8,6 @@ reported as one `ValueError` naming the setting and its allowed values.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from typing import Any, Callable

@@ -9,9 +9,7 @@ fold_in(rng, step), so a resumed run replays exactly the same random numbers.
 from __future__ import annotations
 
 import functools
-import json
 import os
-import time
 from typing import Any
 
 import jax

@@ -1,7 +1,6 @@
 """Conditioning end to end: class labels, embedding sequences, the noise-aware
 classifier, and guided sampling from the CLI modes (tiny models, 1 step)."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

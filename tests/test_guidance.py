@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import diffusion_jax as dj
-from diffusion_jax import guidance, process
+from diffusion_jax import guidance
 from diffusion_jax.sampling import make_sample_fn, sampling_schedule
 
 T = 100
