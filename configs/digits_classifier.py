@@ -9,7 +9,7 @@ x_t ~ q(x_t|x_0) at uniform t, through the same CLI:
 Then guide the unconditional model with it:
 
   python -m diffusion_jax.main --config configs/digits.py --workdir runs/digits --mode=sample \
-      --config.sample.classifier_workdir=runs/digits_clf --config.sample.classifier_scale=2
+      --config.sample.classifier_workdir=runs/digits_clf --config.sample.classifier_scale=6
 """
 
 from diffusion_jax.default_config import get_default_config

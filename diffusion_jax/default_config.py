@@ -31,7 +31,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   diffusion.prediction = "eps"      # eps | x0 | v
   diffusion.variance = "fixed_small"  # fixed_small | fixed_large | learned | learned_range
   diffusion.loss_type = "simple"    # simple | hybrid (learned variances) | vlb
-  diffusion.weighting = "none"      # none | min_snr
+  diffusion.weighting = "min_snr"   # none | min_snr (Hang et al. 2023: faster convergence)
   diffusion.min_snr_gamma = 5.0
   diffusion.vlb_weight = 1e-3       # λ of L_hybrid = L_simple + λ L_vlb (IDDPM)
 
@@ -66,9 +66,9 @@ def get_default_config() -> ml_collections.ConfigDict:
 
   config.sample = sample = ml_collections.ConfigDict()
   sample.sampler = "ddim"       # ddpm | ddim | dpmpp_2m | ...
-  sample.num_steps = 50         # sampler steps K; None -> all T steps
-  sample.eta = 0.0              # DDIM stochasticity (0 deterministic, 1 = DDPM variance)
-  sample.spacing = "trailing"   # linspace | leading | trailing | quadratic
+  sample.num_steps = 100        # sampler steps K; None -> all T steps
+  sample.eta = 1.0              # DDIM stochasticity (0 deterministic, 1 = DDPM posterior variance)
+  sample.spacing = "trailing"   # linspace | leading | trailing | quadratic | logsnr
   sample.clip_x0 = 1.0          # clip predicted x0 to [-c, c] (data lie in [-1, 1]); None disables
   sample.num_samples = 1000
   sample.batch_size = 500

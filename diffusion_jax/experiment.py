@@ -1,4 +1,4 @@
-"""Config → components: validation, schedule, model, model_fn, mesh and sampler.
+"""Config → components: validation, schedule, model, model_fn, conditioning, mesh.
 
 Shared by training, sampling, evaluation and `describe`. Everything a user can
 get wrong in a config is checked here, before a workdir is touched, and
@@ -18,9 +18,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffusion_jax import losses, process, schedules
+from diffusion_jax import guidance, losses, process, schedules
 from diffusion_jax.data import pipeline
-from diffusion_jax import guidance
 from diffusion_jax.models.classifier import NoisyClassifier
 from diffusion_jax.models.unet import UNet
 
@@ -42,7 +41,7 @@ class DataSpec:
 
 
 def _known_samplers() -> list[str]:
-  from diffusion_jax import samplers  # Imported lazily: samplers import process.
+  from diffusion_jax import samplers
   return sorted(samplers.SAMPLERS)
 
 
@@ -92,7 +91,7 @@ def validate_config(config: ml_collections.ConfigDict) -> DataSpec:
     raise ValueError(f"train.label_dropout must be in [0, 1), got {tr.label_dropout}.")
   _check_choice("train.optimizer", tr.optimizer, ["adam", "adamw"])
   _check_choice("sample.sampler", s.sampler, _known_samplers())
-  _check_choice("sample.spacing", s.spacing, schedules.SPACINGS)
+  _check_choice("sample.spacing", s.spacing, list(schedules.SPACINGS) + ["logsnr"])
   if s.num_steps is not None and not 1 <= s.num_steps <= d.num_timesteps:
     raise ValueError(f"sample.num_steps must be in [1, {d.num_timesteps}] "
                      f"(diffusion.num_timesteps) or None, got {s.num_steps}.")
@@ -249,7 +248,8 @@ def shape_signature(config, spec: DataSpec) -> dict[str, Any]:
   for name in ("dropout", "dtype"):  # No effect on the parameters' shapes.
     model.pop(name, None)
   sig = {f"model.{k}": v for k, v in model.items()}  # Setting names, as on the CLI.
-  sig.update({"data.image_size": spec.image_size, "data.channels": spec.channels,
+  sig.update({"task": config.task,
+              "data.image_size": spec.image_size, "data.channels": spec.channels,
               "diffusion.variance": config.diffusion.variance,
               "num_classes": spec.num_classes})
   return sig
@@ -267,9 +267,10 @@ def check_workdir_compatible(workdir: str, config, spec: DataSpec) -> None:
     raise ValueError(f"--workdir={workdir!r}: cannot read {path}: {e}") from e
   old = saved.get("shape_signature")
   new = shape_signature(config, spec)
-  if old is not None and old != new:
-    diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k)}
+  # Settings absent from an older signature are not compared.
+  diff = {k: (old[k], new[k]) for k in sorted(set(old or {}) & set(new))
+          if old[k] != new[k]}
+  if diff:
     raise ValueError(
         f"--workdir={workdir!r} holds a checkpoint of a different model shape "
         f"(saved vs requested: {diff}). Use a new --workdir, or the saved settings.")

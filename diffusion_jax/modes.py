@@ -70,9 +70,8 @@ def sample(config, workdir: str) -> str:
   n = s.num_samples
   labels = None
   if spec.conditioning != "none" or s.classifier_workdir:
-    num_classes = spec.num_classes or 10
-    if s.classifier_workdir and spec.num_classes is None:
-      num_classes = pipeline.dataset_info(config.data.dataset, config.data.data_dir)[3]
+    num_classes = spec.num_classes or pipeline.dataset_info(
+        config.data.dataset, config.data.data_dir)[3]
     labels = generate.parse_labels(s.labels, n, num_classes)
   gen, params = make_generator(config, trainer, params, s.batch_size)
   images = writers.to_uint8(gen(params, n, labels, seed=config.seed))
@@ -181,19 +180,24 @@ def describe(config) -> int:
   print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} "
         f"({jax.process_count()} process(es))")
   print(f"mesh: {dict(mesh.shape)}")
-  print(f"flops per example (forward): {_forward_flops(model, spec, shapes)}")
+  print(f"flops per example (forward): {_forward_flops(config, model, spec, shapes)}")
   print(f"parameters: {n}")
   return n
 
 
-def _forward_flops(model, spec, param_shapes) -> str:
+def _forward_flops(config, model, spec, param_shapes) -> str:
+  """XLA's FLOP count of one forward pass for one example."""
   x = jax.ShapeDtypeStruct((1, spec.image_size, spec.image_size, spec.channels),
                            jnp.float32)
   t = jax.ShapeDtypeStruct((1,), jnp.int32)
-  y = None if spec.num_classes is None else jax.ShapeDtypeStruct((1,), jnp.int32)
-  fwd = lambda p, x, t, y: model.apply({"params": p}, x, t, y=y, train=False)
+  if config.task == "classifier":
+    fwd = experiment.make_classifier_fn(model)
+  else:
+    model_fn = experiment.make_model_fn(model)
+    cond = experiment.make_cond(spec, jnp.zeros((1,), jnp.int32))
+    fwd = lambda p, x, t: model_fn(p, x, t, cond)
   try:
-    cost = jax.jit(fwd).lower(param_shapes, x, t, y).compile().cost_analysis()
+    cost = jax.jit(fwd).lower(param_shapes, x, t).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return f"{cost['flops']:.4g}"
   except Exception as e:  # Cost analysis is backend-dependent.

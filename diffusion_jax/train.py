@@ -18,10 +18,9 @@ import numpy as np
 import optax
 from flax import struct
 
-from diffusion_jax import experiment, losses, process
+from diffusion_jax import experiment, generate, losses, process, writers
 from diffusion_jax.checkpoint import Checkpointer, abstract_like
 from diffusion_jax.data import pipeline
-from diffusion_jax import generate, writers
 
 
 class TrainState(struct.PyTreeNode):

@@ -42,7 +42,7 @@ def test_configs_build_without_absl(dirs):
   data_dir, _ = dirs
   config = _tiny.load_config_file(_tiny.ROOT / "configs" / "digits.py")
   assert isinstance(config, ml_collections.ConfigDict)
-  assert config.data.dataset == "digits" and config.sample.num_steps == 50
+  assert config.data.dataset == "digits" and config.sample.num_steps == 100
   config.data.data_dir = data_dir
   config.train.num_steps = 7
   config.model.ch_mult = (1,)
