@@ -8,6 +8,7 @@ reported as one `ValueError` naming the setting and its allowed values.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Callable
@@ -165,9 +166,14 @@ def class_contexts(spec: DataSpec) -> jnp.ndarray:
   A stand-in for a frozen text encoder's output: N(0, 1/D) entries drawn once
   from a fixed seed, so every run and checkpoint agree on them.
   """
-  L, D = spec.context_shape
+  return jnp.asarray(_class_contexts(spec.num_classes, *spec.context_shape))
+
+
+@functools.lru_cache(maxsize=8)
+def _class_contexts(num_classes: int, L: int, D: int) -> np.ndarray:
+  """Drawn once per shape (make_cond runs for every sampled batch)."""
   rs = np.random.RandomState(20221205)
-  return jnp.asarray(rs.normal(size=(spec.num_classes, L, D)) / np.sqrt(D), jnp.float32)
+  return (rs.normal(size=(num_classes, L, D)) / np.sqrt(D)).astype(np.float32)
 
 
 def make_cond(spec: DataSpec, labels):

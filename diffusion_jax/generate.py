@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import experiment, guidance
-from diffusion_jax.sampling import DEFAULT_SPACING, make_sample_fn, sampling_schedule
+from diffusion_jax.sampling import make_sample_fn, sampling_schedule
 
 
 def balanced_labels(n: int, num_classes: int) -> np.ndarray:
@@ -56,8 +56,8 @@ def sampling_model_fn(config, spec: experiment.DataSpec, model_fn, schedule, *,
     fn = guidance.classifier_free_guidance(
         fn, null_cond=experiment.null_cond_fn(spec), variance=d.variance)
   if classifier_fn is not None:
-    spacing = s.spacing or DEFAULT_SPACING.get(s.sampler, "linspace")
-    sched = sampling_schedule(schedule, s.num_steps, spacing=spacing)
+    # The grid the Generator's sample_fn steps on (same num_steps and spacing).
+    sched = sampling_schedule(schedule, s.num_steps, spacing=s.spacing)
     fn = guidance.classifier_guidance(
         fn, classifier_fn, sched, prediction=d.prediction, variance=d.variance,
         mode="mean" if s.sampler == "ddpm" else "eps")
