@@ -11,13 +11,14 @@ from diffusion_jax.samplers.base import (
     SAMPLERS, Denoised, DenoiseFn, Sampler, StepInput, get_sampler,
     register_sampler, sampler_options)
 from diffusion_jax.samplers.ddpm import DDPMState, ddpm
-from diffusion_jax.samplers.ddim import DDIMState, ddim, ddim_inversion, ddim_sigma
+from diffusion_jax.samplers.ddim import (DDIMState, ddim, ddim_inversion, ddim_sigma,
+                                         ddim_step)
 from diffusion_jax.samplers.dpm_solver import (
     DPMSolverState, dpm_solver_pp, dpmpp_2m, dpmpp_3m)
 
 __all__ = [
     "SAMPLERS", "Denoised", "DenoiseFn", "Sampler", "StepInput", "get_sampler",
     "register_sampler", "sampler_options", "DDPMState", "ddpm", "DDIMState",
-    "ddim", "ddim_inversion", "ddim_sigma", "DPMSolverState", "dpm_solver_pp",
+    "ddim", "ddim_inversion", "ddim_sigma", "ddim_step", "DPMSolverState", "dpm_solver_pp",
     "dpmpp_2m", "dpmpp_3m",
 ]

@@ -25,11 +25,20 @@ from diffusion_jax.samplers.base import (DenoiseFn, Sampler, StepInput,
                                          register_sampler)
 from diffusion_jax.schedules import Schedule
 
-__all__ = ["DDIMState", "ddim", "ddim_inversion", "ddim_sigma"]
+__all__ = ["DDIMState", "ddim", "ddim_inversion", "ddim_sigma", "ddim_step"]
 
 
 class DDIMState(NamedTuple):
   x: jax.Array  # [B, ...] float32, the current sample
+
+
+def ddim_step(x0_hat, eps_hat, alpha_bar_s):
+  """The deterministic DDIM update (η = 0) to ᾱ_s, DDIM Eq. (12) with σ = 0:
+  x_s = √ᾱ_s x̂_0 + √(1-ᾱ_s) ε̂. It is also the exponential-Euler (first-order)
+  step of the probability-flow ODE. x0_hat, eps_hat [B, ...]; alpha_bar_s a
+  scalar or broadcastable to them ([B, 1, ...] for per-example grids).
+  """
+  return jnp.sqrt(alpha_bar_s) * x0_hat + jnp.sqrt(1.0 - alpha_bar_s) * eps_hat
 
 
 def ddim_sigma(alpha_bar_t, alpha_bar_s, eta):
@@ -57,7 +66,7 @@ def ddim(sched: Schedule, *, eta: float = 0.0) -> Sampler:
     d = denoise(x, i)
     a_t, a_s = sched.alphas_cumprod[i], sched.alphas_cumprod_prev[i]
     if eta == 0.0:
-      x_s = jnp.sqrt(a_s) * d.x0 + jnp.sqrt(1.0 - a_s) * d.eps
+      x_s = ddim_step(d.x0, d.eps, a_s)
     else:
       sigma = ddim_sigma(a_t, a_s, eta)
       x_s = (jnp.sqrt(a_s) * d.x0
@@ -82,7 +91,6 @@ def ddim_inversion(sched: Schedule) -> Sampler:
     d = denoise(x, i)
     a_prev, a_t = sched.alphas_cumprod_prev[i], sched.alphas_cumprod[i]
     x0 = (x - jnp.sqrt(1.0 - a_prev) * d.eps) / jnp.sqrt(a_prev)
-    x_t = jnp.sqrt(a_t) * x0 + jnp.sqrt(1.0 - a_t) * d.eps
-    return DDIMState(x=x_t.astype(x.dtype)), x0
+    return DDIMState(x=ddim_step(x0, d.eps, a_t).astype(x.dtype)), x0
 
   return Sampler(init=init, step=step, stochastic=False)
