@@ -30,6 +30,11 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("state", "data"))
 
+  @staticmethod
+  def has_checkpoint(directory: str) -> bool:
+    """Whether `directory` holds a finished checkpoint (without creating it)."""
+    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 

@@ -13,6 +13,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.task = "diffusion"     # diffusion | classifier (noise-aware, for classifier guidance)
+                                # | distill (progressive distillation of a trained model)
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "digits"       # embedded default, built offline; or any tfds image dataset
@@ -77,6 +78,19 @@ def get_default_config() -> ml_collections.ConfigDict:
   sample.guidance_scale = 1.0   # classifier-free guidance w (1 = plain conditional)
   sample.classifier_workdir = config_dict.placeholder(str)  # classifier guidance: a task=classifier run
   sample.classifier_scale = 1.0  # classifier guidance scale s
+
+  # Progressive distillation (task="distill", Salimans & Ho 2022). The student
+  # has this config's model and diffusion settings, which must equal the
+  # teacher's; it starts from the teacher's EMA params. Round r trains on the
+  # DDIM grid of base_num_steps / 2^(r+1) steps against two teacher steps each;
+  # there are train.num_steps / steps_per_round rounds, and the final student
+  # samples with DDIM (η = 0) on its grid (sample.num_steps/spacing unused).
+  config.distill = distill = ml_collections.ConfigDict()
+  distill.teacher_workdir = config_dict.placeholder(str)  # a trained task="diffusion" run
+  distill.base_num_steps = 64   # K0: the teacher's DDIM steps in round 0 (a power of two)
+  distill.base_spacing = "trailing"  # grid of the K0 steps (trailing keeps t = T-1 in every round)
+  distill.steps_per_round = 1000
+  distill.teacher_clip_x0 = 1.0  # clip the teacher's x̂_0 to the data range (None: off)
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 64

@@ -19,13 +19,15 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffusion_jax import guidance, losses, process, schedules
+from diffusion_jax import distillation, guidance, losses, process, schedules
 from diffusion_jax.data import pipeline
 from diffusion_jax.models.classifier import NoisyClassifier
 from diffusion_jax.models.unet import UNet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-TASKS = ("diffusion", "classifier")
+TASKS = ("diffusion", "classifier", "distill")
+# The tasks whose model generates images (a UNet sampled by `make_sample_fn`).
+GENERATIVE_TASKS = ("diffusion", "distill")
 # none: unconditional; class: a label embedding added to the timestep embedding;
 # embedding: a fixed per-class sequence [L, D] read by cross-attention.
 CONDITIONINGS = ("none", "class", "embedding")
@@ -98,12 +100,52 @@ def validate_config(config: ml_collections.ConfigDict) -> DataSpec:
                      f"(diffusion.num_timesteps) or None, got {s.num_steps}.")
   for name in ("num_samples", "batch_size"):
     _check_positive_int(f"sample.{name}", s[name])
+  if config.task == "distill":
+    _validate_distill(config)
   spec = _data_spec(config)
   try:  # Here, not when the UNet is first traced (after the workdir is written).
     build_model(config, spec).validate()
   except ValueError as e:
     raise ValueError(f"model.{e}") from None
   return spec
+
+
+def _validate_distill(config) -> None:
+  pc, tr, s = config.distill, config.train, config.sample
+  if not pc.teacher_workdir:
+    raise ValueError("task='distill' needs distill.teacher_workdir: the workdir of a "
+                     "trained task='diffusion' run with this config's model.")
+  _check_positive_int("distill.steps_per_round", pc.steps_per_round)
+  K0 = pc.base_num_steps
+  if isinstance(K0, bool) or not isinstance(K0, (int, np.integer)) or K0 < 2 or K0 & (K0 - 1) \
+      or K0 > config.diffusion.num_timesteps:
+    raise ValueError(f"distill.base_num_steps must be a power of two in [2, "
+                     f"{config.diffusion.num_timesteps}] (diffusion.num_timesteps), got {K0!r}.")
+  _check_choice("distill.base_spacing", pc.base_spacing, list(schedules.SPACINGS))
+  rounds, rest = divmod(tr.num_steps, pc.steps_per_round)
+  if rest or not 1 <= rounds <= distillation.num_rounds(K0):
+    raise ValueError(
+        f"train.num_steps={tr.num_steps} must be a multiple of distill.steps_per_round="
+        f"{pc.steps_per_round} (one round each), with 1 to {distillation.num_rounds(K0)} "
+        f"rounds for distill.base_num_steps={K0}.")
+  if pc.teacher_clip_x0 is not None and not pc.teacher_clip_x0 > 0:
+    raise ValueError(f"distill.teacher_clip_x0 must be > 0 or None, got {pc.teacher_clip_x0!r}.")
+  if s.sampler != "ddim" or s.eta != 0.0:
+    raise ValueError(f"task='distill' samples the student with deterministic DDIM on its "
+                     f"grid: set sample.sampler='ddim' and sample.eta=0 (got "
+                     f"sample.sampler={s.sampler!r}, sample.eta={s.eta!r}).")
+  distill_base_timesteps(config)  # The spacing must give K0 distinct timesteps.
+
+
+def distill_base_timesteps(config) -> np.ndarray:
+  """The base grid b (int64 [K0]) of progressive distillation."""
+  pc = config.distill
+  return schedules.make_timesteps(config.diffusion.num_timesteps, pc.base_num_steps,
+                                  pc.base_spacing)
+
+
+def distill_rounds(config) -> int:
+  return config.train.num_steps // config.distill.steps_per_round
 
 
 def _data_spec(config) -> DataSpec:
@@ -248,17 +290,57 @@ def config_to_json(config) -> str:
   return config.to_json_best_effort(indent=2, sort_keys=True)
 
 
-def shape_signature(config, spec: DataSpec) -> dict[str, Any]:
-  """The config fields that determine parameter shapes (for resume checks)."""
+def _model_signature(config) -> dict[str, Any]:
+  """The model settings that shape the parameters, named as on the CLI."""
   model = json.loads(config_to_json(config.model))
   for name in ("dropout", "dtype"):  # No effect on the parameters' shapes.
     model.pop(name, None)
-  sig = {f"model.{k}": v for k, v in model.items()}  # Setting names, as on the CLI.
+  return {f"model.{k}": v for k, v in model.items()}
+
+
+def shape_signature(config, spec: DataSpec) -> dict[str, Any]:
+  """The config fields that determine parameter shapes (for resume checks)."""
+  sig = _model_signature(config)
   sig.update({"task": config.task,
               "data.image_size": spec.image_size, "data.channels": spec.channels,
               "diffusion.variance": config.diffusion.variance,
               "num_classes": spec.num_classes})
   return sig
+
+
+# Diffusion settings a student must share with its teacher (besides the network).
+TEACHER_SETTINGS = ("schedule", "num_timesteps", "rescale_to_zero_terminal_snr",
+                    "prediction", "variance")
+
+
+def load_run_config(workdir: str, setting: str) -> ml_collections.ConfigDict:
+  """The config saved in a training workdir (`config.json`); `setting` names
+  the option that pointed there, for the error message."""
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f)["config"])
+  except (OSError, json.JSONDecodeError, KeyError) as e:
+    raise ValueError(f"{setting}={workdir!r} holds no readable training run "
+                     f"({type(e).__name__}: {e}); train it first.") from e
+
+
+def check_teacher_compatible(teacher_config, config, setting: str) -> None:
+  """Refuses a teacher that is not a diffusion model with this config's network,
+  image size and diffusion settings (the student starts from its weights)."""
+  if teacher_config.get("task") != "diffusion":
+    raise ValueError(f"{setting} must hold a task='diffusion' run, got "
+                     f"task={teacher_config.get('task')!r}.")
+  def settings(c):
+    d = json.loads(config_to_json(c.diffusion))
+    return (_model_signature(c) | {f"diffusion.{k}": d.get(k) for k in TEACHER_SETTINGS}
+            | {"data.image_size": c.data.image_size, "data.channels": c.data.channels})
+  theirs, ours = settings(teacher_config), settings(config)
+  diff = {k: (theirs.get(k), v) for k, v in ours.items() if theirs.get(k) != v}
+  if diff:
+    raise ValueError(f"{setting}: the teacher's settings differ from this config's "
+                     f"(teacher vs student: {diff}); the student starts from the "
+                     "teacher's weights, so they must agree.")
 
 
 def check_workdir_compatible(workdir: str, config, spec: DataSpec) -> None:

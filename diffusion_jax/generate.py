@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import experiment, guidance
+from diffusion_jax import distillation, experiment, guidance
 from diffusion_jax.sampling import make_sample_fn, sampling_schedule
 
 
@@ -37,6 +37,17 @@ def parse_labels(text: str | None, n: int, num_classes: int) -> np.ndarray:
   return np.resize(np.asarray(values, np.int32), n)
 
 
+def sampler_grid(config) -> dict:
+  """The time grid of the config's sampler, as `make_sample_fn` keywords:
+  (num_steps, spacing) of config.sample, or for a progressively distilled
+  student the explicit grid of its last round."""
+  if config.task == "distill":
+    base = experiment.distill_base_timesteps(config)
+    return {"timesteps": distillation.round_timesteps(
+        base, experiment.distill_rounds(config) - 1)}
+  return {"num_steps": config.sample.num_steps, "spacing": config.sample.spacing}
+
+
 def sampling_model_fn(config, spec: experiment.DataSpec, model_fn, schedule, *,
                       classifier_fn: Callable | None = None,
                       cfg: bool | None = None):
@@ -57,7 +68,7 @@ def sampling_model_fn(config, spec: experiment.DataSpec, model_fn, schedule, *,
         fn, null_cond=experiment.null_cond_fn(spec), variance=d.variance)
   if classifier_fn is not None:
     # The grid the Generator's sample_fn steps on (same num_steps and spacing).
-    sched = sampling_schedule(schedule, s.num_steps, spacing=s.spacing)
+    sched = sampling_schedule(schedule, **sampler_grid(config))
     fn = guidance.classifier_guidance(
         fn, classifier_fn, sched, prediction=d.prediction, variance=d.variance,
         mode="mean" if s.sampler == "ddpm" else "eps")
@@ -77,9 +88,8 @@ class Generator:
     s, d = config.sample, config.diffusion
     shape = (batch_size, spec.image_size, spec.image_size, spec.channels)
     self.sample_fn = make_sample_fn(
-        fn, schedule, shape=shape, sampler=s.sampler, num_steps=s.num_steps,
-        eta=s.eta, spacing=s.spacing, prediction=d.prediction, variance=d.variance,
-        clip_x0=s.clip_x0)
+        fn, schedule, shape=shape, sampler=s.sampler, eta=s.eta, prediction=d.prediction,
+        variance=d.variance, clip_x0=s.clip_x0, **sampler_grid(config))
 
   def cond(self, labels, guidance_scale=None, classifier_scale=None):
     """The sampler's cond for int32 labels [B] (None for an unconditional model

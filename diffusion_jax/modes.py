@@ -10,38 +10,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import ml_collections
-
 from diffusion_jax import experiment, generate, losses, process, writers
 from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.data import pipeline
-from diffusion_jax.train import Trainer
-
-
-def restore_ema_params(config, workdir: str):
-  """Validates the config against `workdir` and restores the latest EMA params.
-  Returns (trainer, ema_params, step)."""
-  spec = experiment.validate_config(config)
-  experiment.check_workdir_compatible(workdir, config, spec)
-  trainer = Trainer(config, spec)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-  if ckpt.latest_step() is None:
-    raise ValueError(f"--workdir={workdir!r} holds no checkpoint; train first "
-                     "(--mode=train).")
-  state, _, step = ckpt.restore(trainer.abstract_state())
-  ckpt.close()
-  return trainer, state.ema_params, step
+from diffusion_jax.train import Trainer, restore_ema_params
 
 
 def restore_classifier(workdir: str):
   """The EMA params of a noise-aware classifier trained in `workdir` (task
   "classifier"), with its `classifier_fn(params, x_t, t) -> logits`."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise ValueError(f"sample.classifier_workdir={workdir!r} holds no trained "
-                     "classifier (no config.json); train configs/digits_classifier.py first.")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f)["config"])
+  config = experiment.load_run_config(workdir, "sample.classifier_workdir")
   if config.get("task") != "classifier":
     raise ValueError(f"sample.classifier_workdir={workdir!r} holds a "
                      f"task={config.get('task')!r} run, not a classifier.")
@@ -63,8 +41,9 @@ def make_generator(config, trainer: Trainer, params, batch_size: int):
 
 def sample(config, workdir: str) -> str:
   """--mode=sample: writes samples.npz (uint8 images [N,H,W,C], labels) + PNG."""
-  if config.task != "diffusion":
-    raise ValueError(f"--mode=sample needs task='diffusion', got task={config.task!r}.")
+  if config.task not in experiment.GENERATIVE_TASKS:
+    raise ValueError(f"--mode=sample needs task in {list(experiment.GENERATIVE_TASKS)}, "
+                     f"got task={config.task!r}.")
   trainer, params, step = restore_ema_params(config, workdir)
   s, spec = config.sample, trainer.spec
   n = s.num_samples
@@ -109,6 +88,10 @@ def _write_json(workdir: str, name: str, result: dict) -> None:
 def evaluate(config, workdir: str) -> dict:
   """--mode=eval: bits/dim on the test split, or the classifier's accuracy per
   noise level for task "classifier"."""
+  if config.task not in ("diffusion", "classifier"):
+    raise ValueError(f"--mode=eval (bits/dim) needs task in ['diffusion', 'classifier'], "
+                     f"got task={config.task!r}: a distilled model is only defined on "
+                     "its sampling grid; use --mode=sample.")
   trainer, params, step = restore_ema_params(config, workdir)
   if config.task == "classifier":
     return evaluate_classifier(config, workdir, trainer, params, step)

@@ -4,6 +4,13 @@
 devices: the state is replicated, the batch is split along "data", and the
 same code runs on 1 CPU, 8 GPUs or a TPU slice. Per-step randomness is
 fold_in(rng, step), so a resumed run replays exactly the same random numbers.
+
+Tasks (`config.task`, one loss each in `LOSSES`):
+  * "diffusion": L_simple / hybrid / VLB of `losses.training_losses`;
+  * "classifier": the noise-aware classifier of classifier guidance;
+  * "distill": progressive distillation (`distillation.py`) of a trained
+    diffusion model (`distill.teacher_workdir`), one round every
+    `distill.steps_per_round` steps; the teacher rides in `TrainState.frozen`.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from diffusion_jax import experiment, generate, losses, process, writers
+from diffusion_jax import distillation, experiment, generate, losses, process, writers
 from diffusion_jax.checkpoint import Checkpointer, abstract_like
 from diffusion_jax.data import pipeline
 
@@ -31,6 +38,9 @@ class TrainState(struct.PyTreeNode):
   rng: jnp.ndarray               # uint32 [2], raw base key (fold_in with step)
   nonfinite_streak: jnp.ndarray  # int32 [], consecutive skipped updates
   nonfinite_total: jnp.ndarray   # int32 [], all skipped updates
+  # Params the optimizer does not touch: {"teacher": params} for distillation,
+  # {} for the other tasks.
+  frozen: Any = struct.field(default_factory=dict)
 
 
 def make_optimizer(tc) -> optax.GradientTransformation:
@@ -44,13 +54,14 @@ def make_optimizer(tc) -> optax.GradientTransformation:
       if tc.grad_clip > 0 else opt
 
 
-def create_train_state(params, optimizer, rng) -> TrainState:
+def create_train_state(params, optimizer, rng, frozen=None) -> TrainState:
   zero = jnp.zeros((), jnp.int32)
   return TrainState(step=zero, params=params, ema_params=params,
                     opt_state=optimizer.init(params),
                     rng=jax.random.key_data(rng) if jax.dtypes.issubdtype(
                         rng.dtype, jax.dtypes.prng_key) else rng,
-                    nonfinite_streak=zero, nonfinite_total=zero)
+                    nonfinite_streak=zero, nonfinite_total=zero,
+                    frozen={} if frozen is None else frozen)
 
 
 def ema_decay_at(step, decay: float):
@@ -59,14 +70,22 @@ def ema_decay_at(step, decay: float):
   return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
 
 
-def diffusion_loss(params, batch, rng, *, model, schedule, config, spec):
+def _apply(model, params, cond, rng):
+  """The model in training mode as `denoiser(x_t, t) -> output` (dropout from rng)."""
+  return lambda x_t, t: model.apply({"params": params}, x_t, t,
+                                    **experiment.model_inputs(cond), train=True,
+                                    rngs={"dropout": rng})
+
+
+def diffusion_loss(params, state, batch, rng, *, model, schedule, config, spec):
   """L_simple / hybrid / VLB (config.diffusion) on a batch, with label dropout.
 
   batch: {"image": f32 [B, H, W, C], "label": i32 [B]}. With a conditional
   model, each example's cond is replaced by the null cond with probability
-  train.label_dropout (classifier-free guidance training).
-  Returns (mean loss, metrics).
+  train.label_dropout (classifier-free guidance training). `state` (the
+  TrainState before the update) is not used. Returns (mean loss, metrics).
   """
+  del state
   d = config.diffusion
   k_t, k_noise, k_drop, k_label = jax.random.split(rng, 4)
   x0 = batch["image"]
@@ -79,21 +98,18 @@ def diffusion_loss(params, batch, rng, *, model, schedule, config, spec):
     cond = jax.tree_util.tree_map(
         lambda n, c: jnp.where(drop.reshape((-1,) + (1,) * (c.ndim - 1)), n, c),
         null, cond)
-  denoiser = lambda x_t, t: model.apply(
-      {"params": params}, x_t, t, **experiment.model_inputs(cond), train=True,
-      rngs={"dropout": k_drop})
   terms = losses.training_losses(
-      schedule, denoiser, x0, t, noise, prediction=d.prediction,
+      schedule, _apply(model, params, cond, k_drop), x0, t, noise, prediction=d.prediction,
       variance=d.variance, loss_type=d.loss_type, weighting=d.weighting,
       min_snr_gamma=d.min_snr_gamma, vlb_weight=d.vlb_weight)
   metrics = {k: jnp.mean(v) for k, v in terms.items() if k != "loss"}
   return jnp.mean(terms["loss"]), metrics
 
 
-def classifier_loss(params, batch, rng, *, model, schedule, config, spec):
+def classifier_loss(params, state, batch, rng, *, model, schedule, config, spec):
   """Cross-entropy of a noise-aware classifier on x_t ~ q(x_t|x_0), t uniform
   (Dhariwal & Nichol 2021, §4). Returns (mean loss, metrics)."""
-  del config, spec
+  del state, config, spec
   k_t, k_noise, k_drop = jax.random.split(rng, 3)
   x0, labels = batch["image"], batch["label"]
   t = losses.sample_timesteps(k_t, x0.shape[0], schedule.num_timesteps)
@@ -103,11 +119,40 @@ def classifier_loss(params, batch, rng, *, model, schedule, config, spec):
   return jnp.mean(ce), {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
 
 
-LOSSES = {"diffusion": diffusion_loss, "classifier": classifier_loss}
+def distill_round(step, config):
+  """The progressive-distillation round that training step `step` (0-based) is in."""
+  return step // config.distill.steps_per_round
+
+
+def distill_loss(params, state, batch, rng, *, model, schedule, config, spec):
+  """Progressive distillation (Salimans & Ho 2022, Alg. 2) of round
+  `state.step // distill.steps_per_round` from the teacher in
+  `state.frozen["teacher"]` (the same network; no dropout in the teacher).
+  Labels of a conditional model are passed to both. Returns (mean loss, metrics)."""
+  d, pc = config.diffusion, config.distill
+  k_j, k_noise, k_drop = jax.random.split(rng, 3)
+  x0 = batch["image"]
+  base = experiment.distill_base_timesteps(config)
+  round_ = distill_round(state.step, config)
+  j = distillation.sample_student_indices(k_j, x0.shape[0], base.size, round_)
+  cond = experiment.make_cond(spec, batch["label"])
+  teacher_params = state.frozen["teacher"]
+  teacher = lambda x_t, t: model.apply({"params": teacher_params}, x_t, t,
+                                       **experiment.model_inputs(cond), train=False)
+  out = distillation.progressive_distillation_loss(
+      _apply(model, params, cond, k_drop), teacher, schedule, base, round_, x0, j,
+      jax.random.normal(k_noise, x0.shape, x0.dtype), prediction=d.prediction,
+      variance=d.variance, teacher_clip_x0=pc.teacher_clip_x0)
+  return jnp.mean(out["loss"]), {"mse": jnp.mean(out["mse"]), "round": round_}
+
+
+LOSSES = {"diffusion": diffusion_loss, "classifier": classifier_loss,
+          "distill": distill_loss}
 
 
 def train_step(state: TrainState, batch, *, loss_fn, optimizer, ema_decay: float):
-  """One update on a global batch with `loss_fn(params, batch, rng) -> (loss, metrics)`.
+  """One update on a global batch with
+  `loss_fn(params, state, batch, rng) -> (loss, metrics)`.
 
   The step's randomness is fold_in(rng, step). A non-finite loss or gradient
   leaves params, EMA and optimizer state as they were and increments the
@@ -115,7 +160,7 @@ def train_step(state: TrainState, batch, *, loss_fn, optimizer, ema_decay: float
   """
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, batch, rng)
+      state.params, state, batch, rng)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   decay = ema_decay_at(state.step, ema_decay)
@@ -141,6 +186,14 @@ def train_step(state: TrainState, batch, *, loss_fn, optimizer, ema_decay: float
   return new_state, metrics
 
 
+def begin_round(state: TrainState, *, optimizer) -> TrainState:
+  """Progressive distillation, between rounds: the student's EMA params become
+  the next round's teacher and the student's initialization, with a fresh
+  optimizer state (so the learning-rate warm-up restarts)."""
+  p = state.ema_params
+  return state.replace(params=p, opt_state=optimizer.init(p), frozen={"teacher": p})
+
+
 class Trainer:
   """Holds the compiled pieces of one training run (built from a config)."""
 
@@ -150,7 +203,7 @@ class Trainer:
     self.schedule = experiment.build_schedule(config)
     self.model = experiment.build_model(config, spec)
     self.model_fn = (experiment.make_model_fn(self.model)
-                     if config.task == "diffusion" else None)
+                     if config.task in experiment.GENERATIVE_TASKS else None)
     self.optimizer = make_optimizer(config.train)
     repl = experiment.replicated(self.mesh)
     self.repl, self.data_sharding = repl, experiment.batch_sharded(self.mesh)
@@ -160,13 +213,21 @@ class Trainer:
                              ema_decay=config.train.ema_decay)
     self.train_step = jax.jit(step, in_shardings=(repl, self.data_sharding),
                               out_shardings=(repl, repl), donate_argnums=0)
+    self.begin_round = (jax.jit(functools.partial(begin_round, optimizer=self.optimizer),
+                                out_shardings=repl, donate_argnums=0)
+                        if config.task == "distill" else None)
 
-  def init_state(self) -> TrainState:
+  def init_state(self, params=None) -> TrainState:
+    """A fresh state from a random init, or from `params` (a teacher's) when
+    given; distillation keeps the teacher in `frozen`."""
     key = jax.random.key(self.config.seed)
-    init = lambda: create_train_state(
-        experiment.init_params(self.model, self.spec, jax.random.fold_in(key, 0)),
-        self.optimizer, jax.random.fold_in(key, 1))
-    return jax.jit(init, out_shardings=self.repl)()
+
+    def init(params):
+      if params is None:
+        params = experiment.init_params(self.model, self.spec, jax.random.fold_in(key, 0))
+      frozen = {"teacher": params} if self.config.task == "distill" else {}
+      return create_train_state(params, self.optimizer, jax.random.fold_in(key, 1), frozen)
+    return jax.jit(init, out_shardings=self.repl)(params)
 
   def abstract_state(self) -> TrainState:
     return abstract_like(jax.eval_shape(self.init_state), self.repl)
@@ -174,6 +235,33 @@ class Trainer:
   def global_batch(self, local_batch) -> dict:
     return {k: jax.make_array_from_process_local_data(self.data_sharding, v)
             for k, v in local_batch.items()}
+
+
+def restore_ema_params(config, workdir: str):
+  """Validates the config against `workdir` and restores the latest EMA params.
+  Returns (trainer, ema_params, step)."""
+  spec = experiment.validate_config(config)
+  experiment.check_workdir_compatible(workdir, config, spec)
+  trainer = Trainer(config, spec)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+  if ckpt.latest_step() is None:
+    raise ValueError(f"--workdir={workdir!r} holds no checkpoint; train first "
+                     "(--mode=train).")
+  state, _, step = ckpt.restore(trainer.abstract_state())
+  ckpt.close()
+  return trainer, state.ema_params, step
+
+
+def load_teacher(config):
+  """The EMA params of the trained diffusion model in `distill.teacher_workdir`,
+  after checking that it has this config's network and diffusion settings."""
+  setting = "distill.teacher_workdir"
+  workdir = config.distill.teacher_workdir
+  teacher_config = experiment.load_run_config(workdir, setting)
+  experiment.check_teacher_compatible(teacher_config, config, setting)
+  _, params, step = restore_ema_params(teacher_config, workdir)
+  print(f"Teacher: the step-{step} EMA params in {workdir}.", flush=True)
+  return params
 
 
 def make_train_loader(config, seed_offset: int = 0):
@@ -193,31 +281,38 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   """Trains (or resumes) the config in `workdir`; returns the final state."""
   spec = experiment.validate_config(config)
   experiment.check_workdir_compatible(workdir, config, spec)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  # A new distillation checks and loads its teacher before the workdir is made.
+  teacher = (load_teacher(config) if config.task == "distill"
+             and not Checkpointer.has_checkpoint(ckpt_dir) else None)
   trainer = Trainer(config, spec)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
-                      max_to_keep=config.train.keep_checkpoints)
+  ckpt = Checkpointer(ckpt_dir, max_to_keep=config.train.keep_checkpoints)
   iterator = iter(make_train_loader(config))
   if ckpt.latest_step() is not None:
     state, data_state, step = ckpt.restore(trainer.abstract_state())
     pipeline.set_iterator_state(iterator, data_state)
     print(f"Resumed from the step-{step} checkpoint in {workdir}.", flush=True)
   else:
-    state = trainer.init_state()
+    state = trainer.init_state(teacher)
   experiment.write_config(workdir, config, spec)
   tc = config.train
   start = int(state.step)
   writer = writers.MetricWriter(workdir, total_steps=tc.num_steps, initial=start)
-  sampler = GridSampler(config, trainer, workdir) if config.task == "diffusion" else None
+  sampler = (GridSampler(config, trainer, workdir)
+             if config.task in experiment.GENERATIVE_TASKS else None)
   previous_streak = None
   try:
     for step in range(start + 1, tc.num_steps + 1):
       state, metrics = trainer.train_step(state, trainer.global_batch(next(iterator)))
+      is_last = step == tc.num_steps
+      if trainer.begin_round is not None and not is_last and \
+          step % config.distill.steps_per_round == 0:
+        state = trainer.begin_round(state)
       # The previous step's streak is read after this step is dispatched, so the
       # check every step does not stall the device.
       if previous_streak is not None:
         _check_nonfinite(int(previous_streak), tc.max_nonfinite_steps)
       previous_streak = metrics["nonfinite_streak"]
-      is_last = step == tc.num_steps
       if step % tc.log_every == 0 or is_last:
         writer.write(step, jax.device_get(metrics) | {
             "nonfinite_total": int(state.nonfinite_total)})

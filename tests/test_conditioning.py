@@ -77,7 +77,7 @@ def _labels_seen(config, spec, schedule, batch, rng):
       out["y"] = y
       return jnp.zeros_like(x_t)
 
-  train.diffusion_loss(None, batch, rng, model=Recorder(), schedule=schedule,
+  train.diffusion_loss(None, None, batch, rng, model=Recorder(), schedule=schedule,
                        config=config, spec=spec)
   return out["y"]
 

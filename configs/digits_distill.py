@@ -1,0 +1,30 @@
+"""Progressive distillation of the v-prediction digits model (Salimans & Ho 2022).
+
+The teacher is `configs/digits_v.py` trained in runs/digits_v; the student has
+its network and diffusion settings and starts from its EMA weights. Round 0
+distills the teacher's 64-step DDIM sampler into 32 steps, round 1 32 → 16, and
+so on: 4 rounds give a 4-step student, sampled with deterministic DDIM on the
+trailing grid [249, 499, 749, 999].
+
+  python -m diffusion_jax.main --config configs/digits_distill.py --workdir runs/digits_pd \
+      --config.distill.teacher_workdir=runs/digits_v
+"""
+
+from diffusion_jax.default_config import get_default_config
+
+
+def get_config():
+  config = get_default_config()
+  config.task = "distill"
+  config.diffusion.prediction = "v"          # as the teacher (configs/digits_v.py)
+  config.model.dropout = 0.0                 # the student fits a deterministic target
+  config.distill.teacher_workdir = "runs/digits_v"
+  config.distill.base_num_steps = 64
+  config.distill.steps_per_round = 600
+  config.train.num_steps = 4 * 600           # 4 rounds: 64 -> 32 -> 16 -> 8 -> 4 steps
+  config.train.learning_rate = 2e-4          # fine-tuning from the teacher
+  config.train.warmup_steps = 50             # restarts every round (fresh optimizer state)
+  config.train.ema_decay = 0.99              # short EMA: each round's student moves fast
+  config.sample.sampler = "ddim"
+  config.sample.eta = 0.0
+  return config
