@@ -20,5 +20,9 @@ from diffusion_jax.sampling import (
 from diffusion_jax import samplers
 from diffusion_jax.samplers import SAMPLERS, Sampler, get_sampler
 from diffusion_jax.guidance import classifier_free_guidance, classifier_guidance
+from diffusion_jax import consistency, distillation
+from diffusion_jax.distillation import progressive_distillation_loss, round_timesteps
+from diffusion_jax.consistency import (
+    consistency_distillation_loss, consistency_model_fn, consistency_training_loss)
 
 __version__ = "0.1.0"

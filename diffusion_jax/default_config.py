@@ -14,6 +14,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.task = "diffusion"     # diffusion | classifier (noise-aware, for classifier guidance)
                                 # | distill (progressive distillation of a trained model)
+                                # | consistency (consistency distillation or training)
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "digits"       # embedded default, built offline; or any tfds image dataset
@@ -91,6 +92,28 @@ def get_default_config() -> ml_collections.ConfigDict:
   distill.base_spacing = "trailing"  # grid of the K0 steps (trailing keeps t = T-1 in every round)
   distill.steps_per_round = 1000
   distill.teacher_clip_x0 = 1.0  # clip the teacher's x̂_0 to the data range (None: off)
+
+  # Consistency models (task="consistency", Song et al. 2023). With a teacher:
+  # consistency distillation (CD) on a grid of num_points training indices
+  # (make_timesteps(T, num_points, "linspace"): 0 and T-1 included), starting
+  # from the teacher's EMA params (same model and diffusion settings). Without:
+  # consistency training (CT) from scratch with the curriculum N(k) from ct_s0
+  # to ct_s1 + 1 points. The network keeps diffusion.prediction; the
+  # consistency function is the DDIM jump of its (x̂_0, ε̂) to t = 0.
+  config.consistency = cm = ml_collections.ConfigDict()
+  cm.teacher_workdir = config_dict.placeholder(str)  # a trained task="diffusion" run; None: CT
+  cm.num_points = 18            # CD: grid points N (the paper's CIFAR-10 setting)
+  cm.solver = "heun"            # CD: the teacher's ODE step, euler (= DDIM) | heun
+  cm.metric = "l2"              # l2 | pseudo_huber (iCT)
+  cm.weighting = "uniform"      # uniform | inverse_gap (iCT: 1/(σ_{n+1} - σ_n))
+  cm.target_ema = 0.95          # CD: decay μ of the target network θ⁻
+  cm.teacher_clip_x0 = 1.0      # CD: clip the teacher's x̂_0 (None: off)
+  cm.ct_s0 = 2                  # CT curriculum: N(0) = s0 ...
+  cm.ct_s1 = 150                # ... N(end) = s1 + 1
+  cm.ct_mu0 = 0.9               # CT: μ(k) = exp(s0 log μ0 / N(k)); 0 = iCT's θ⁻ = θ
+  # The consistency sampler's grid as training indices, e.g. "499,999" (two
+  # steps); None: one step from T-1.
+  cm.sample_timesteps = config_dict.placeholder(str)
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 64

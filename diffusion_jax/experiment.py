@@ -19,15 +19,15 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffusion_jax import distillation, guidance, losses, process, schedules
+from diffusion_jax import consistency, distillation, guidance, losses, process, schedules
 from diffusion_jax.data import pipeline
 from diffusion_jax.models.classifier import NoisyClassifier
 from diffusion_jax.models.unet import UNet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-TASKS = ("diffusion", "classifier", "distill")
+TASKS = ("diffusion", "classifier", "distill", "consistency")
 # The tasks whose model generates images (a UNet sampled by `make_sample_fn`).
-GENERATIVE_TASKS = ("diffusion", "distill")
+GENERATIVE_TASKS = ("diffusion", "distill", "consistency")
 # none: unconditional; class: a label embedding added to the timestep embedding;
 # embedding: a fixed per-class sequence [L, D] read by cross-attention.
 CONDITIONINGS = ("none", "class", "embedding")
@@ -102,6 +102,8 @@ def validate_config(config: ml_collections.ConfigDict) -> DataSpec:
     _check_positive_int(f"sample.{name}", s[name])
   if config.task == "distill":
     _validate_distill(config)
+  if config.task == "consistency":
+    _validate_consistency(config)
   spec = _data_spec(config)
   try:  # Here, not when the UNet is first traced (after the workdir is written).
     build_model(config, spec).validate()
@@ -146,6 +148,71 @@ def distill_base_timesteps(config) -> np.ndarray:
 
 def distill_rounds(config) -> int:
   return config.train.num_steps // config.distill.steps_per_round
+
+
+def _validate_consistency(config) -> None:
+  cm, s, d = config.consistency, config.sample, config.diffusion
+  _check_choice("consistency.solver", cm.solver, consistency.SOLVERS)
+  _check_choice("consistency.metric", cm.metric, consistency.METRICS)
+  _check_choice("consistency.weighting", cm.weighting, consistency.WEIGHTINGS)
+  _check_choice("diffusion.variance", d.variance, ["fixed_small", "fixed_large"])
+  if cm.teacher_workdir:
+    T = d.num_timesteps
+    if isinstance(cm.num_points, bool) or not isinstance(cm.num_points, (int, np.integer)) \
+        or not 2 <= cm.num_points <= T:
+      raise ValueError(f"consistency.num_points must be an integer in [2, {T}] "
+                       f"(diffusion.num_timesteps), got {cm.num_points!r}.")
+    if not 0.0 <= cm.target_ema < 1.0:
+      raise ValueError(f"consistency.target_ema must be in [0, 1), got {cm.target_ema!r}.")
+    if cm.teacher_clip_x0 is not None and not cm.teacher_clip_x0 > 0:
+      raise ValueError(f"consistency.teacher_clip_x0 must be > 0 or None, got "
+                       f"{cm.teacher_clip_x0!r}.")
+  else:
+    for name in ("ct_s0", "ct_s1"):
+      _check_positive_int(f"consistency.{name}", cm[name])
+    if not 2 <= cm.ct_s0 <= cm.ct_s1 < d.num_timesteps:
+      raise ValueError(f"consistency.ct_s0={cm.ct_s0} and ct_s1={cm.ct_s1} must satisfy "
+                       f"2 <= ct_s0 <= ct_s1 < {d.num_timesteps} (diffusion.num_timesteps).")
+    if not 0.0 <= cm.ct_mu0 < 1.0:
+      raise ValueError(f"consistency.ct_mu0 must be in [0, 1), got {cm.ct_mu0!r}.")
+  if s.sampler != "consistency":
+    raise ValueError(f"task='consistency' samples with multistep consistency sampling: set "
+                     f"sample.sampler='consistency' (got {s.sampler!r}).")
+  if s.classifier_workdir:
+    raise ValueError("sample.classifier_workdir (classifier guidance) is not supported for "
+                     "task='consistency'.")
+  consistency_sample_timesteps(config)
+
+
+def consistency_sample_timesteps(config) -> np.ndarray:
+  """The consistency sampler's grid (int64 [K]) from consistency.sample_timesteps."""
+  T, text = config.diffusion.num_timesteps, config.consistency.sample_timesteps
+  if text is None or not str(text).strip():
+    return np.array([T - 1])
+  try:
+    ts = np.array(sorted(int(v) for v in str(text).split(",") if v.strip()))
+  except ValueError:
+    ts = np.zeros((0,), np.int64)
+  if ts.size == 0 or ts[0] < 1 or ts[-1] > T - 1 or np.any(np.diff(ts) <= 0):
+    raise ValueError(f"consistency.sample_timesteps={text!r} must be distinct comma-separated "
+                     f"training indices in [1, {T - 1}], e.g. '{T // 2 - 1},{T - 1}'.")
+  return ts
+
+
+def consistency_grid(config) -> np.ndarray:
+  """The consistency-distillation grid (int64 [N]): N linspace training indices,
+  0 (the boundary t_min of f) and T-1 included."""
+  return schedules.make_timesteps(config.diffusion.num_timesteps,
+                                  config.consistency.num_points, "linspace")
+
+
+def teacher_workdir_setting(config) -> str | None:
+  """The setting naming this task's teacher workdir, when it has a teacher."""
+  if config.task == "distill":
+    return "distill.teacher_workdir"
+  if config.task == "consistency" and config.consistency.teacher_workdir:
+    return "consistency.teacher_workdir"
+  return None
 
 
 def _data_spec(config) -> DataSpec:

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import distillation, experiment, guidance
+from diffusion_jax import consistency, distillation, experiment, guidance
+from diffusion_jax.samplers import sampler_options
 from diffusion_jax.sampling import make_sample_fn, sampling_schedule
 
 
@@ -39,19 +40,28 @@ def parse_labels(text: str | None, n: int, num_classes: int) -> np.ndarray:
 
 def sampler_grid(config) -> dict:
   """The time grid of the config's sampler, as `make_sample_fn` keywords:
-  (num_steps, spacing) of config.sample, or for a progressively distilled
-  student the explicit grid of its last round."""
+  (num_steps, spacing) of config.sample; for a progressively distilled student
+  the explicit grid of its last round; for a consistency model
+  consistency.sample_timesteps."""
   if config.task == "distill":
     base = experiment.distill_base_timesteps(config)
     return {"timesteps": distillation.round_timesteps(
         base, experiment.distill_rounds(config) - 1)}
+  if config.task == "consistency":
+    return {"timesteps": experiment.consistency_sample_timesteps(config)}
   return {"num_steps": config.sample.num_steps, "spacing": config.sample.spacing}
+
+
+def sampled_prediction(config) -> str:
+  """What the sampled model_fn predicts: a consistency model's f is an x̂_0."""
+  return "x0" if config.task == "consistency" else config.diffusion.prediction
 
 
 def sampling_model_fn(config, spec: experiment.DataSpec, model_fn, schedule, *,
                       classifier_fn: Callable | None = None,
                       cfg: bool | None = None):
-  """`model_fn` wrapped with the guidance of `config.sample`.
+  """`model_fn` wrapped with the guidance of `config.sample` (for a consistency
+  model: its consistency function f, then the guidance).
 
   Classifier-free guidance is applied to conditional models when `cfg` is True
   (default: when sample.guidance_scale != 1); classifier guidance when a
@@ -63,6 +73,8 @@ def sampling_model_fn(config, spec: experiment.DataSpec, model_fn, schedule, *,
   if cfg is None:
     cfg = spec.conditioning != "none" and s.guidance_scale != 1.0
   fn = model_fn
+  if config.task == "consistency":
+    fn = consistency.consistency_model_fn(fn, schedule, prediction=d.prediction)
   if cfg:
     fn = guidance.classifier_free_guidance(
         fn, null_cond=experiment.null_cond_fn(spec), variance=d.variance)
@@ -70,7 +82,7 @@ def sampling_model_fn(config, spec: experiment.DataSpec, model_fn, schedule, *,
     # The grid the Generator's sample_fn steps on (same num_steps and spacing).
     sched = sampling_schedule(schedule, **sampler_grid(config))
     fn = guidance.classifier_guidance(
-        fn, classifier_fn, sched, prediction=d.prediction, variance=d.variance,
+        fn, classifier_fn, sched, prediction=sampled_prediction(config), variance=d.variance,
         mode="mean" if s.sampler == "ddpm" else "eps")
   return fn
 
@@ -87,9 +99,12 @@ class Generator:
                            classifier_fn=classifier_fn, cfg=cfg)
     s, d = config.sample, config.diffusion
     shape = (batch_size, spec.image_size, spec.image_size, spec.channels)
+    # sample.eta is DDIM's; the samplers without an η ignore it.
+    eta = s.eta if "eta" in sampler_options(s.sampler) else 0.0
     self.sample_fn = make_sample_fn(
-        fn, schedule, shape=shape, sampler=s.sampler, eta=s.eta, prediction=d.prediction,
-        variance=d.variance, clip_x0=s.clip_x0, **sampler_grid(config))
+        fn, schedule, shape=shape, sampler=s.sampler, eta=eta,
+        prediction=sampled_prediction(config), variance=d.variance, clip_x0=s.clip_x0,
+        **sampler_grid(config))
 
   def cond(self, labels, guidance_scale=None, classifier_scale=None):
     """The sampler's cond for int32 labels [B] (None for an unconditional model

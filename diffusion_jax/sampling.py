@@ -58,7 +58,7 @@ __all__ = ["SampleOutput", "make_sample_fn", "make_invert_fn", "make_denoise_fn"
 ModelFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
 
 # The grid each sampler uses when `spacing=None` (others: "linspace").
-DEFAULT_SPACING = {"dpmpp_2m": "logsnr", "dpmpp_3m": "logsnr"}
+DEFAULT_SPACING = {"dpmpp_2m": "logsnr", "dpmpp_3m": "logsnr", "consistency": "trailing"}
 
 
 class SampleOutput(NamedTuple):
@@ -353,12 +353,14 @@ def make_sample_fn(model_fn: ModelFn, schedule: Schedule, *, shape: Sequence[int
       x_t's shape ([..., 2C] for the learned variances), any float dtype.
     schedule: the training `Schedule` (T entries).
     shape: (B, ...) of the samples: images [B, H, W, C] or vectors [B, D].
-    sampler: a name in `samplers.SAMPLERS` ("ddpm", "ddim", "dpmpp_2m", "dpmpp_3m").
+    sampler: a name in `samplers.SAMPLERS` ("ddpm", "ddim", "dpmpp_2m", "dpmpp_3m",
+      "consistency").
     num_steps: K in [1, T]; None = T.
     spacing: the grid (see `sampling_schedule`): one of `schedules.SPACINGS` or
       "logsnr". None picks the sampler's default, `DEFAULT_SPACING` ("logsnr"
       for the DPM-Solver++ samplers as recommended by Lu et al. 2022 for low
-      resolutions, "linspace" otherwise).
+      resolutions; "trailing" for "consistency", whose first step must start
+      at T-1; "linspace" otherwise).
     timesteps: explicit increasing grid indices into `schedule` instead.
     eta: DDIM's η in [0, 1] (samplers taking `eta` only; must be 0 otherwise).
     prediction: "eps" | "x0" | "v", what the model predicts.

@@ -10,7 +10,12 @@ Tasks (`config.task`, one loss each in `LOSSES`):
   * "classifier": the noise-aware classifier of classifier guidance;
   * "distill": progressive distillation (`distillation.py`) of a trained
     diffusion model (`distill.teacher_workdir`), one round every
-    `distill.steps_per_round` steps; the teacher rides in `TrainState.frozen`.
+    `distill.steps_per_round` steps;
+  * "consistency": consistency distillation from `consistency.teacher_workdir`,
+    or consistency training without one (`consistency.py`), with the target
+    network θ⁻ updated inside the jitted step.
+The teachers and the target network ride in `DistillTrainState.frozen`, so a run
+resumes from its checkpoint alone.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from diffusion_jax import distillation, experiment, generate, losses, process, writers
+from diffusion_jax import consistency, distillation, experiment, generate, losses, process, writers
 from diffusion_jax.checkpoint import Checkpointer, abstract_like
 from diffusion_jax.data import pipeline
 
@@ -38,9 +43,14 @@ class TrainState(struct.PyTreeNode):
   rng: jnp.ndarray               # uint32 [2], raw base key (fold_in with step)
   nonfinite_streak: jnp.ndarray  # int32 [], consecutive skipped updates
   nonfinite_total: jnp.ndarray   # int32 [], all skipped updates
-  # Params the optimizer does not touch: {"teacher": params} for distillation,
-  # {} for the other tasks.
-  frozen: Any = struct.field(default_factory=dict)
+
+
+class DistillTrainState(TrainState):
+  """A TrainState with params the optimizer does not touch (`initial_frozen`):
+  {"teacher": ...} for progressive distillation, {"target": θ⁻} plus the
+  "teacher" (if any) for consistency models. The other tasks keep the plain
+  TrainState, so their checkpoints keep their layout."""
+  frozen: Any
 
 
 def make_optimizer(tc) -> optax.GradientTransformation:
@@ -55,13 +65,14 @@ def make_optimizer(tc) -> optax.GradientTransformation:
 
 
 def create_train_state(params, optimizer, rng, frozen=None) -> TrainState:
+  """A step-0 state; a `DistillTrainState` when `frozen` params are given."""
   zero = jnp.zeros((), jnp.int32)
-  return TrainState(step=zero, params=params, ema_params=params,
-                    opt_state=optimizer.init(params),
-                    rng=jax.random.key_data(rng) if jax.dtypes.issubdtype(
-                        rng.dtype, jax.dtypes.prng_key) else rng,
-                    nonfinite_streak=zero, nonfinite_total=zero,
-                    frozen={} if frozen is None else frozen)
+  fields = dict(step=zero, params=params, ema_params=params,
+                opt_state=optimizer.init(params),
+                rng=jax.random.key_data(rng) if jax.dtypes.issubdtype(
+                    rng.dtype, jax.dtypes.prng_key) else rng,
+                nonfinite_streak=zero, nonfinite_total=zero)
+  return TrainState(**fields) if frozen is None else DistillTrainState(**fields, frozen=frozen)
 
 
 def ema_decay_at(step, decay: float):
@@ -75,6 +86,12 @@ def _apply(model, params, cond, rng):
   return lambda x_t, t: model.apply({"params": params}, x_t, t,
                                     **experiment.model_inputs(cond), train=True,
                                     rngs={"dropout": rng})
+
+
+def _frozen_model(model, params, cond):
+  """A frozen network (teacher or target) as `denoiser(x_t, t)`: no dropout."""
+  return lambda x_t, t: model.apply({"params": params}, x_t, t,
+                                    **experiment.model_inputs(cond), train=False)
 
 
 def diffusion_loss(params, state, batch, rng, *, model, schedule, config, spec):
@@ -119,11 +136,6 @@ def classifier_loss(params, state, batch, rng, *, model, schedule, config, spec)
   return jnp.mean(ce), {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
 
 
-def distill_round(step, config):
-  """The progressive-distillation round that training step `step` (0-based) is in."""
-  return step // config.distill.steps_per_round
-
-
 def distill_loss(params, state, batch, rng, *, model, schedule, config, spec):
   """Progressive distillation (Salimans & Ho 2022, Alg. 2) of round
   `state.step // distill.steps_per_round` from the teacher in
@@ -133,26 +145,81 @@ def distill_loss(params, state, batch, rng, *, model, schedule, config, spec):
   k_j, k_noise, k_drop = jax.random.split(rng, 3)
   x0 = batch["image"]
   base = experiment.distill_base_timesteps(config)
-  round_ = distill_round(state.step, config)
+  round_ = state.step // pc.steps_per_round
   j = distillation.sample_student_indices(k_j, x0.shape[0], base.size, round_)
   cond = experiment.make_cond(spec, batch["label"])
-  teacher_params = state.frozen["teacher"]
-  teacher = lambda x_t, t: model.apply({"params": teacher_params}, x_t, t,
-                                       **experiment.model_inputs(cond), train=False)
   out = distillation.progressive_distillation_loss(
-      _apply(model, params, cond, k_drop), teacher, schedule, base, round_, x0, j,
+      _apply(model, params, cond, k_drop), _frozen_model(model, state.frozen["teacher"], cond),
+      schedule, base, round_, x0, j,
       jax.random.normal(k_noise, x0.shape, x0.dtype), prediction=d.prediction,
       variance=d.variance, teacher_clip_x0=pc.teacher_clip_x0)
   return jnp.mean(out["loss"]), {"mse": jnp.mean(out["mse"]), "round": round_}
 
 
+def ct_num_points(step, config):
+  """N(k) of the consistency-training curriculum at training step k."""
+  cm = config.consistency
+  return consistency.ct_num_points(step, config.train.num_steps, cm.ct_s0, cm.ct_s1)
+
+
+def consistency_loss(params, state, batch, rng, *, model, schedule, config, spec):
+  """Consistency distillation (Song et al. 2023, Alg. 2) from
+  `state.frozen["teacher"]`, or consistency training (Alg. 3, with the
+  curriculum N(step)) without one; θ⁻ = `state.frozen["target"]`.
+  Returns (mean loss, metrics)."""
+  d, cm = config.diffusion, config.consistency
+  k_n, k_noise, k_drop = jax.random.split(rng, 3)
+  x0 = batch["image"]
+  cond = experiment.make_cond(spec, batch["label"])
+  noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+  student = _apply(model, params, cond, k_drop)
+  target = _frozen_model(model, state.frozen["target"], cond)
+  common = dict(prediction=d.prediction, metric=cm.metric, weighting=cm.weighting)
+  if "teacher" in state.frozen:
+    grid = experiment.consistency_grid(config)
+    n = consistency.sample_grid_indices(k_n, x0.shape[0], grid.size)
+    out = consistency.consistency_distillation_loss(
+        student, target, _frozen_model(model, state.frozen["teacher"], cond), schedule,
+        grid, x0, n, noise, solver=cm.solver, teacher_clip_x0=cm.teacher_clip_x0,
+        teacher_variance=d.variance, **common)
+    num_points = grid.size
+  else:
+    num_points = ct_num_points(state.step, config)
+    n = consistency.sample_grid_indices(k_n, x0.shape[0], num_points)
+    out = consistency.consistency_training_loss(student, target, schedule, num_points,
+                                                x0, n, noise, **common)
+  return jnp.mean(out["loss"]), {"distance": jnp.mean(out["distance"]),
+                                 "num_points": num_points}
+
+
+def update_consistency_target(frozen, params, step, *, config):
+  """θ⁻ ← μ θ⁻ + (1 - μ) θ after an update: μ = consistency.target_ema for
+  distillation, μ(N(step)) of the curriculum for training."""
+  cm = config.consistency
+  mu = (cm.target_ema if "teacher" in frozen else
+        consistency.ct_ema_decay(ct_num_points(step, config), cm.ct_s0, cm.ct_mu0))
+  return frozen | {"target": consistency.update_target(frozen["target"], params, mu)}
+
+
 LOSSES = {"diffusion": diffusion_loss, "classifier": classifier_loss,
-          "distill": distill_loss}
+          "distill": distill_loss, "consistency": consistency_loss}
 
 
-def train_step(state: TrainState, batch, *, loss_fn, optimizer, ema_decay: float):
+def initial_frozen(config, params) -> dict | None:
+  """The frozen params of a new run that starts from `params` (None: none)."""
+  if config.task == "distill":
+    return {"teacher": params}
+  if config.task == "consistency":
+    teacher = {"teacher": params} if config.consistency.teacher_workdir else {}
+    return teacher | {"target": params}
+  return None
+
+
+def train_step(state: TrainState, batch, *, loss_fn, optimizer, ema_decay: float,
+               update_frozen=None):
   """One update on a global batch with
-  `loss_fn(params, state, batch, rng) -> (loss, metrics)`.
+  `loss_fn(params, state, batch, rng) -> (loss, metrics)`; then
+  `update_frozen(frozen, new params, step)` (if given) updates the frozen params.
 
   The step's randomness is fold_in(rng, step). A non-finite loss or gradient
   leaves params, EMA and optimizer state as they were and increments the
@@ -166,6 +233,7 @@ def train_step(state: TrainState, batch, *, loss_fn, optimizer, ema_decay: float
   decay = ema_decay_at(state.step, ema_decay)
   ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p,
                                state.ema_params, params)
+
   # One scalar test: the global norm is non-finite iff some gradient is (or it
   # overflows). A per-leaf jnp.all(isfinite) reduction gets re-fused by XLA
   # into every select below, which doubled the step's compile time.
@@ -181,6 +249,9 @@ def train_step(state: TrainState, batch, *, loss_fn, optimizer, ema_decay: float
       opt_state=keep(opt_state, state.opt_state),
       nonfinite_streak=(state.nonfinite_streak + 1) * bad,
       nonfinite_total=state.nonfinite_total + bad)
+  if update_frozen is not None:
+    new_state = new_state.replace(
+        frozen=keep(update_frozen(state.frozen, params, state.step), state.frozen))
   metrics = aux | {"loss": loss, "grad_norm": grad_norm, "skipped": bad,
                    "nonfinite_streak": new_state.nonfinite_streak}
   return new_state, metrics
@@ -209,8 +280,10 @@ class Trainer:
     self.repl, self.data_sharding = repl, experiment.batch_sharded(self.mesh)
     loss_fn = functools.partial(LOSSES[config.task], model=self.model,
                                 schedule=self.schedule, config=config, spec=spec)
+    update_frozen = (functools.partial(update_consistency_target, config=config)
+                     if config.task == "consistency" else None)
     step = functools.partial(train_step, loss_fn=loss_fn, optimizer=self.optimizer,
-                             ema_decay=config.train.ema_decay)
+                             ema_decay=config.train.ema_decay, update_frozen=update_frozen)
     self.train_step = jax.jit(step, in_shardings=(repl, self.data_sharding),
                               out_shardings=(repl, repl), donate_argnums=0)
     self.begin_round = (jax.jit(functools.partial(begin_round, optimizer=self.optimizer),
@@ -219,14 +292,14 @@ class Trainer:
 
   def init_state(self, params=None) -> TrainState:
     """A fresh state from a random init, or from `params` (a teacher's) when
-    given; distillation keeps the teacher in `frozen`."""
+    given, with the task's frozen params (`initial_frozen`)."""
     key = jax.random.key(self.config.seed)
 
     def init(params):
       if params is None:
         params = experiment.init_params(self.model, self.spec, jax.random.fold_in(key, 0))
-      frozen = {"teacher": params} if self.config.task == "distill" else {}
-      return create_train_state(params, self.optimizer, jax.random.fold_in(key, 1), frozen)
+      return create_train_state(params, self.optimizer, jax.random.fold_in(key, 1),
+                                initial_frozen(self.config, params))
     return jax.jit(init, out_shardings=self.repl)(params)
 
   def abstract_state(self) -> TrainState:
@@ -252,11 +325,11 @@ def restore_ema_params(config, workdir: str):
   return trainer, state.ema_params, step
 
 
-def load_teacher(config):
-  """The EMA params of the trained diffusion model in `distill.teacher_workdir`,
-  after checking that it has this config's network and diffusion settings."""
-  setting = "distill.teacher_workdir"
-  workdir = config.distill.teacher_workdir
+def load_teacher(config, setting: str):
+  """The EMA params of the trained diffusion model in the workdir that
+  `setting` names, after checking that it has this config's network and
+  diffusion settings."""
+  workdir = functools.reduce(lambda node, k: node[k], setting.split("."), config)
   teacher_config = experiment.load_run_config(workdir, setting)
   experiment.check_teacher_compatible(teacher_config, config, setting)
   _, params, step = restore_ema_params(teacher_config, workdir)
@@ -283,7 +356,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   experiment.check_workdir_compatible(workdir, config, spec)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   # A new distillation checks and loads its teacher before the workdir is made.
-  teacher = (load_teacher(config) if config.task == "distill"
+  setting = experiment.teacher_workdir_setting(config)
+  teacher = (load_teacher(config, setting) if setting
              and not Checkpointer.has_checkpoint(ckpt_dir) else None)
   trainer = Trainer(config, spec)
   ckpt = Checkpointer(ckpt_dir, max_to_keep=config.train.keep_checkpoints)

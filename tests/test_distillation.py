@@ -232,13 +232,8 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(data_dir, tmp_path_factory):
-  """A tiny v-prediction teacher trained for one step."""
-  workdir = tmp_path_factory.mktemp("teacher")
-  config = _tiny.make_config(data_dir, {"train.num_steps": 1, "train.log_every": 1},
-                             path=CONFIGS / "digits_v.py")
-  train.train_and_evaluate(config, str(workdir))
-  return workdir
+def teacher_dir(v_teacher_dir):
+  return v_teacher_dir
 
 
 def _distill_config(data_dir, teacher_dir, **overrides):
