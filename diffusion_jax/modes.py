@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import experiment, generate, losses, process, writers
-from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.data import pipeline
 from diffusion_jax.train import Trainer, restore_ema_params
 

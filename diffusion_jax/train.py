@@ -14,7 +14,7 @@ Tasks (`config.task`, one loss each in `LOSSES`):
   * "consistency": consistency distillation from `consistency.teacher_workdir`,
     or consistency training without one (`consistency.py`), with the target
     network θ⁻ updated inside the jitted step.
-The teachers and the target network ride in `DistillTrainState.frozen`, so a run
+The teachers and the target network ride in `TrainStateWithFrozen.frozen`, so a run
 resumes from its checkpoint alone.
 """
 
@@ -45,7 +45,7 @@ class TrainState(struct.PyTreeNode):
   nonfinite_total: jnp.ndarray   # int32 [], all skipped updates
 
 
-class DistillTrainState(TrainState):
+class TrainStateWithFrozen(TrainState):
   """A TrainState with params the optimizer does not touch (`initial_frozen`):
   {"teacher": ...} for progressive distillation, {"target": θ⁻} plus the
   "teacher" (if any) for consistency models. The other tasks keep the plain
@@ -65,14 +65,14 @@ def make_optimizer(tc) -> optax.GradientTransformation:
 
 
 def create_train_state(params, optimizer, rng, frozen=None) -> TrainState:
-  """A step-0 state; a `DistillTrainState` when `frozen` params are given."""
+  """A step-0 state; a `TrainStateWithFrozen` when `frozen` params are given."""
   zero = jnp.zeros((), jnp.int32)
   fields = dict(step=zero, params=params, ema_params=params,
                 opt_state=optimizer.init(params),
                 rng=jax.random.key_data(rng) if jax.dtypes.issubdtype(
                     rng.dtype, jax.dtypes.prng_key) else rng,
                 nonfinite_streak=zero, nonfinite_total=zero)
-  return TrainState(**fields) if frozen is None else DistillTrainState(**fields, frozen=frozen)
+  return TrainState(**fields) if frozen is None else TrainStateWithFrozen(**fields, frozen=frozen)
 
 
 def ema_decay_at(step, decay: float):
@@ -207,8 +207,8 @@ LOSSES = {"diffusion": diffusion_loss, "classifier": classifier_loss,
 
 def initial_frozen(config, params) -> dict | None:
   """The frozen params of a new run that starts from `params` (None: none)."""
-  if config.task == "distill":
-    return {"teacher": params}
+  if config.task == "distill":  # The teacher of round 0.
+    return {"teacher": params, "round": jnp.zeros((), jnp.int32)}
   if config.task == "consistency":
     teacher = {"teacher": params} if config.consistency.teacher_workdir else {}
     return teacher | {"target": params}
@@ -257,12 +257,13 @@ def train_step(state: TrainState, batch, *, loss_fn, optimizer, ema_decay: float
   return new_state, metrics
 
 
-def begin_round(state: TrainState, *, optimizer) -> TrainState:
-  """Progressive distillation, between rounds: the student's EMA params become
-  the next round's teacher and the student's initialization, with a fresh
-  optimizer state (so the learning-rate warm-up restarts)."""
+def begin_round(state: TrainState, *, optimizer, steps_per_round: int) -> TrainState:
+  """Progressive distillation, at the first step of a round: the student's EMA
+  params become the round's teacher and the student's initialization, with a
+  fresh optimizer state (so the learning-rate warm-up restarts)."""
   p = state.ema_params
-  return state.replace(params=p, opt_state=optimizer.init(p), frozen={"teacher": p})
+  return state.replace(params=p, opt_state=optimizer.init(p), frozen={
+      "teacher": p, "round": (state.step // steps_per_round).astype(jnp.int32)})
 
 
 class Trainer:
@@ -286,9 +287,10 @@ class Trainer:
                              ema_decay=config.train.ema_decay, update_frozen=update_frozen)
     self.train_step = jax.jit(step, in_shardings=(repl, self.data_sharding),
                               out_shardings=(repl, repl), donate_argnums=0)
-    self.begin_round = (jax.jit(functools.partial(begin_round, optimizer=self.optimizer),
-                                out_shardings=repl, donate_argnums=0)
-                        if config.task == "distill" else None)
+    self.begin_round = (jax.jit(functools.partial(
+        begin_round, optimizer=self.optimizer,
+        steps_per_round=config.distill.steps_per_round), out_shardings=repl,
+        donate_argnums=0) if config.task == "distill" else None)
 
   def init_state(self, params=None) -> TrainState:
     """A fresh state from a random init, or from `params` (a teacher's) when
@@ -375,13 +377,17 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   sampler = (GridSampler(config, trainer, workdir)
              if config.task in experiment.GENERATIVE_TASKS else None)
   previous_streak = None
+  teacher_round = int(state.frozen["round"]) if config.task == "distill" else None
+  steps_per_round = config.distill.steps_per_round
   try:
     for step in range(start + 1, tc.num_steps + 1):
+      # Progressive distillation: the first step of a round (also after a
+      # resume, or when train.num_steps grew) first makes the student the teacher.
+      if teacher_round is not None and teacher_round != (step - 1) // steps_per_round:
+        state = trainer.begin_round(state)
+        teacher_round = (step - 1) // steps_per_round
       state, metrics = trainer.train_step(state, trainer.global_batch(next(iterator)))
       is_last = step == tc.num_steps
-      if trainer.begin_round is not None and not is_last and \
-          step % config.distill.steps_per_round == 0:
-        state = trainer.begin_round(state)
       # The previous step's streak is read after this step is dispatched, so the
       # check every step does not stall the device.
       if previous_streak is not None:

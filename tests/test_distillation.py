@@ -251,11 +251,11 @@ def test_distill_rounds_checkpoints_resume_and_sample(data_dir, teacher_dir, tmp
                           teacher_dir)[0].ema_params
   ckpt = {s: _tiny.restore(config, tmp_path, s)[0] for s in (1, 2, 3)}
   # Round 0 learns from the teacher run's EMA params, and starts from them.
-  _tiny.assert_trees_equal(ckpt[1].frozen["teacher"], teacher)
-  # At the round boundary the student's EMA becomes teacher and initialization.
-  _tiny.assert_trees_equal(ckpt[2].frozen["teacher"], ckpt[2].ema_params)
-  _tiny.assert_trees_equal(ckpt[2].params, ckpt[2].ema_params)
+  _tiny.assert_trees_equal(ckpt[2].frozen["teacher"], teacher)
+  assert int(ckpt[2].frozen["round"]) == 0
+  # Round 1 (steps 3, 4) learns from the student's EMA at the end of round 0.
   _tiny.assert_trees_equal(ckpt[3].frozen["teacher"], ckpt[2].ema_params)
+  assert int(ckpt[3].frozen["round"]) == 1
   rounds = [json.loads(line)["round"] for line in open(tmp_path / "metrics.jsonl")]
   assert rounds == [0, 0, 1, 1]
 
@@ -278,6 +278,14 @@ def test_distill_rounds_checkpoints_resume_and_sample(data_dir, teacher_dir, tmp
     assert f["images"].shape == (8, 8, 8, 1)
   with pytest.raises(ValueError, match="--mode=eval"):
     modes.evaluate(config, str(tmp_path))
+
+  # More train.num_steps continue with a third round (2 -> 1 steps), whose
+  # teacher is the final student of round 1.
+  longer = _distill_config(data_dir, teacher_dir, **{"train.num_steps": 6})
+  train.train_and_evaluate(longer, str(tmp_path))
+  _tiny.assert_trees_equal(_tiny.restore(longer, tmp_path, 5)[0].frozen["teacher"],
+                           _tiny.restore(longer, tmp_path, 4)[0].ema_params)
+  np.testing.assert_array_equal(generate.sampler_grid(longer)["timesteps"], [9])
 
 
 @pytest.mark.parametrize("overrides,message", [
