@@ -69,10 +69,22 @@ Solvers (`pf_ode_step`), in VE coordinates from σ_t = σ(g_{n+1}) to σ_s = σ(
     y_s = x̂_0 + σ_s ε̂, i.e. x_s = √ᾱ_s y_s = √ᾱ_s x̂_0 + √(1-ᾱ_s) ε̂: exactly the
     deterministic DDIM step (DDIM Eq. (12), σ = 0; `samplers.ddim_step`, here
     with √(1-ᾱ_s) taken from the schedule's float64-derived array).
-  * "heun": EDM Alg. 1 (lines 5-8, no churn): ε̂' from the teacher at the Euler
-    point (x'_s, g_n), then y_s = y_t + (σ_s - σ_t)(ε̂ + ε̂')/2, i.e.
-    x_s = x'_s + √ᾱ_s (σ_s - σ_t)(ε̂' - ε̂)/2. Two teacher evaluations; second
-    order. (σ_s ≥ σ(0) > 0 on a VP schedule, so the correction always applies.)
+  * "heun": Heun's method on the exponential integrator (the second-order
+    step of Lu et al. 2022, "DPM-Solver", App. B, with the end point instead of
+    the midpoint; Zhang & Chen 2023, "DEIS"): in log-SNR λ = log(α/σ) (α = √ᾱ,
+    σ = √(1-ᾱ), h = λ_s - λ_t), the data prediction D is interpolated
+    linearly between D̂_t and D̂'_s, the teacher's x̂_0 at the Euler point
+    (x'_s, g_n), and the exact integral of the linear ODE gives
+
+        x_s = x'_s + α_s φ₂(h) (D̂'_s - D̂_t),    φ₂(h) = (h - 1 + e^{-h})/h ∈ (0, 1).
+
+    Two teacher evaluations; second order, like EDM's Alg. 1 Heun step in
+    σ (y_s = y_t + (σ_s - σ_t)(ε̂ + ε̂')/2), with which it agrees to O(h³) per
+    step. EDM's form multiplies the teacher's ε̂' - ε̂ by √ᾱ_s (σ_s - σ_t),
+    which reaches ~10³ from the last index of a cosine schedule (σ = 2·10⁴
+    there; EDM caps σ at 80 for this reason) and turns a small teacher error
+    into a huge target; here the factor α_s φ₂ stays below 1, and h = ∞ (a
+    zero-terminal-SNR start) gives the limit α_s (D̂'_s - D̂_t).
 
 Training (CT, CM §5, Alg. 3): as CD, but x̂_n = q_sample(x_0, g_n, ε) with the
 same ε, and no teacher. The number of grid points N may be a traced int32
@@ -283,16 +295,16 @@ def pf_ode_step(teacher: Denoiser, schedule: Schedule, x_t, t, s, *, prediction:
                 variance: str = "fixed_small"):
   """One step of the teacher's probability-flow ODE from index t to s < t.
 
-  "euler" is the DDIM step (DDIM Eq. (12), σ = 0), "heun" the EDM Alg. 1
-  second-order step in VE coordinates (module docstring; two teacher calls).
+  "euler" is the DDIM step (DDIM Eq. (12), σ = 0), "heun" the second-order
+  exponential (trapezoidal) step in log-SNR (module docstring; two teacher calls).
   Args:
     teacher: `teacher(x_t, t) -> output`, t int32 [B] training indices.
     x_t: [B, ...]; t, s: int32 [B] with s < t (training indices).
     prediction: what the teacher predicts; clip_x0: clip its x̂_0 to
       [-clip_x0, clip_x0] (ε̂ recomputed, `process.denoise`); variance: splits
       learned-variance channels off its output (`process.split_model_output`).
-  Returns x̂_s [B, ...]. From a zero-terminal-SNR point (σ_t = ∞) the Heun
-  correction is undefined and the step is Euler's.
+  Returns x̂_s [B, ...]. From a zero-terminal-SNR point (h = ∞) the Heun
+  correction is α_s (D̂_s - D̂_t), its limit.
   """
   _check_choice("prediction", prediction, process.PREDICTIONS)
   _check_choice("solver", solver, SOLVERS)
@@ -314,11 +326,18 @@ def pf_ode_step(teacher: Denoiser, schedule: Schedule, x_t, t, s, *, prediction:
          + process.extract(schedule.sqrt_one_minus_alphas_cumprod, s, x_t, name="s") * eps_hat)
   if solver == "euler":
     return x_s
-  _, eps_s = teacher_x0_eps(x_s, s)
-  sig_t = process.extract(schedule.sqrt_recipm1_alphas_cumprod, t, x_t)
-  sig_s = process.extract(schedule.sqrt_recipm1_alphas_cumprod, s, x_t, name="s")
-  h = jnp.where(jnp.isfinite(sig_t), sqrt_ab_s * (sig_s - sig_t), 0.0)
-  return x_s + 0.5 * h * (eps_s - eps_hat)
+  x0_s, _ = teacher_x0_eps(x_s, s)
+  h = (_log_snr_half(schedule, s, x_t) - _log_snr_half(schedule, t, x_t))   # λ_s - λ_t > 0
+  finite = jnp.isfinite(h)                           # h = ∞ from a zero-SNR point
+  h_safe = jnp.where(finite, h, 1.0)
+  phi2 = jnp.where(finite, (h_safe + jnp.expm1(-h_safe)) / h_safe, 1.0)
+  return x_s + sqrt_ab_s * phi2 * (x0_s - x0_hat)
+
+
+def _log_snr_half(schedule: Schedule, t, x):
+  """λ = log(α/σ) = log √ᾱ - ½ log(1-ᾱ) at t, [B, 1, ...] (-∞ where ᾱ = 0)."""
+  return (jnp.log(process.extract(schedule.sqrt_alphas_cumprod, t, x))
+          - 0.5 * process.extract(schedule.log_one_minus_alphas_cumprod, t, x))
 
 
 def consistency_distance(x, y, metric: str = "l2"):

@@ -147,6 +147,7 @@ def distill_base_timesteps(config) -> np.ndarray:
 
 
 def distill_rounds(config) -> int:
+  """How many rounds of progressive distillation train.num_steps makes."""
   return config.train.num_steps // config.distill.steps_per_round
 
 

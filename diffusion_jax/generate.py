@@ -79,7 +79,7 @@ def sampling_model_fn(config, spec: experiment.DataSpec, model_fn, schedule, *,
     fn = guidance.classifier_free_guidance(
         fn, null_cond=experiment.null_cond_fn(spec), variance=d.variance)
   if classifier_fn is not None:
-    # The grid the Generator's sample_fn steps on (same num_steps and spacing).
+    # The grid the Generator's sample_fn steps on.
     sched = sampling_schedule(schedule, **sampler_grid(config))
     fn = guidance.classifier_guidance(
         fn, classifier_fn, sched, prediction=sampled_prediction(config), variance=d.variance,

@@ -89,8 +89,8 @@ def evaluate(config, workdir: str) -> dict:
   noise level for task "classifier"."""
   if config.task not in ("diffusion", "classifier"):
     raise ValueError(f"--mode=eval (bits/dim) needs task in ['diffusion', 'classifier'], "
-                     f"got task={config.task!r}: a distilled model is only defined on "
-                     "its sampling grid; use --mode=sample.")
+                     f"got task={config.task!r}: distilled and consistency models sample "
+                     "on their own grid and define no likelihood; use --mode=sample.")
   trainer, params, step = restore_ema_params(config, workdir)
   if config.task == "classifier":
     return evaluate_classifier(config, workdir, trainer, params, step)

@@ -47,9 +47,10 @@ class TrainState(struct.PyTreeNode):
 
 class TrainStateWithFrozen(TrainState):
   """A TrainState with params the optimizer does not touch (`initial_frozen`):
-  {"teacher": ...} for progressive distillation, {"target": θ⁻} plus the
-  "teacher" (if any) for consistency models. The other tasks keep the plain
-  TrainState, so their checkpoints keep their layout."""
+  {"teacher": ..., "round": int32 []} (the round that teacher serves) for
+  progressive distillation, {"target": θ⁻} plus the "teacher" (if any) for
+  consistency models. The other tasks keep the plain TrainState, so their
+  checkpoints keep their layout."""
   frozen: Any
 
 
@@ -81,7 +82,7 @@ def ema_decay_at(step, decay: float):
   return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
 
 
-def _apply(model, params, cond, rng):
+def _training_model(model, params, cond, rng):
   """The model in training mode as `denoiser(x_t, t) -> output` (dropout from rng)."""
   return lambda x_t, t: model.apply({"params": params}, x_t, t,
                                     **experiment.model_inputs(cond), train=True,
@@ -116,8 +117,8 @@ def diffusion_loss(params, state, batch, rng, *, model, schedule, config, spec):
         lambda n, c: jnp.where(drop.reshape((-1,) + (1,) * (c.ndim - 1)), n, c),
         null, cond)
   terms = losses.training_losses(
-      schedule, _apply(model, params, cond, k_drop), x0, t, noise, prediction=d.prediction,
-      variance=d.variance, loss_type=d.loss_type, weighting=d.weighting,
+      schedule, _training_model(model, params, cond, k_drop), x0, t, noise,
+      prediction=d.prediction, variance=d.variance, loss_type=d.loss_type, weighting=d.weighting,
       min_snr_gamma=d.min_snr_gamma, vlb_weight=d.vlb_weight)
   metrics = {k: jnp.mean(v) for k, v in terms.items() if k != "loss"}
   return jnp.mean(terms["loss"]), metrics
@@ -149,8 +150,8 @@ def distill_loss(params, state, batch, rng, *, model, schedule, config, spec):
   j = distillation.sample_student_indices(k_j, x0.shape[0], base.size, round_)
   cond = experiment.make_cond(spec, batch["label"])
   out = distillation.progressive_distillation_loss(
-      _apply(model, params, cond, k_drop), _frozen_model(model, state.frozen["teacher"], cond),
-      schedule, base, round_, x0, j,
+      _training_model(model, params, cond, k_drop),
+      _frozen_model(model, state.frozen["teacher"], cond), schedule, base, round_, x0, j,
       jax.random.normal(k_noise, x0.shape, x0.dtype), prediction=d.prediction,
       variance=d.variance, teacher_clip_x0=pc.teacher_clip_x0)
   return jnp.mean(out["loss"]), {"mse": jnp.mean(out["mse"]), "round": round_}
@@ -172,7 +173,7 @@ def consistency_loss(params, state, batch, rng, *, model, schedule, config, spec
   x0 = batch["image"]
   cond = experiment.make_cond(spec, batch["label"])
   noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
-  student = _apply(model, params, cond, k_drop)
+  student = _training_model(model, params, cond, k_drop)
   target = _frozen_model(model, state.frozen["target"], cond)
   common = dict(prediction=d.prediction, metric=cm.metric, weighting=cm.weighting)
   if "teacher" in state.frozen:

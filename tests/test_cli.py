@@ -121,6 +121,10 @@ BAD_INPUTS = {
     "zero_num_steps": ({"train.num_steps": 0}, {}, ["train.num_steps", "positive"]),
     "negative_num_steps": ({"train.num_steps": -5}, {}, ["train.num_steps", "-5"]),
     "incompatible_checkpoint": ({"model.ch": 16}, {}, ["model.ch", "--workdir"]),
+    "distill_without_teacher": ({"task": "distill"}, {}, ["distill.teacher_workdir"]),
+    "unknown_consistency_solver": ({"task": "consistency", "sample.sampler": "consistency",
+                                    "consistency.solver": "rk4"}, {},
+                                   ["consistency.solver", "heun"]),
 }
 
 
@@ -156,3 +160,15 @@ def test_bad_input(bad_runs, name):
     assert expected in errors[0], errors[0]
   # Nothing in the workdir (checkpoints, config.json, metrics) was written.
   assert after == before
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "dpmpp_2m", "consistency"])
+def test_sample_eta_is_only_for_samplers_with_an_eta(dirs, sampler):
+  """The default sample.eta = 1 (DDIM) does not stop a sampler without η."""
+  from diffusion_jax import experiment, generate
+  config = _tiny.make_config(dirs[0], {"sample.sampler": sampler})
+  assert config.sample.eta == 1.0
+  spec = experiment.validate_config(config)
+  schedule = experiment.build_schedule(config)
+  model_fn = experiment.make_model_fn(experiment.build_model(config, spec))
+  generate.Generator(config, spec, model_fn, schedule, batch_size=2)

@@ -73,16 +73,21 @@ def f_ref(prediction, out, x, t, t_min=0):
 
 
 def ode_step_ref(solver, teacher64, prediction, x, t, s):
-  """Euler (DDIM) / Heun (EDM Alg. 1) in VE coordinates. teacher64(x, t) -> output."""
+  """Euler (DDIM, in VE coordinates) / Heun on the exponential integrator
+  (trapezoidal in λ = log(α/σ)). teacher64(x, t) -> output."""
   x = np.asarray(x, np.float64)
   ab_t, ab_s = AB[t][:, None], AB[s][:, None]
   sig_t, sig_s = SIG[t][:, None], SIG[s][:, None]
-  _, eps = x0_eps_ref(prediction, teacher64(x, t), x, ab_t)
+  d_t, eps = x0_eps_ref(prediction, teacher64(x, t), x, ab_t)
   y_e = x / np.sqrt(ab_t) + (sig_s - sig_t) * eps
   if solver == "euler":
     return np.sqrt(ab_s) * y_e
-  _, eps2 = x0_eps_ref(prediction, teacher64(np.sqrt(ab_s) * y_e, s), np.sqrt(ab_s) * y_e, ab_s)
-  return np.sqrt(ab_s) * (x / np.sqrt(ab_t) + (sig_s - sig_t) * (eps + eps2) / 2)
+  x_e = np.sqrt(ab_s) * y_e
+  d_s, _ = x0_eps_ref(prediction, teacher64(x_e, s), x_e, ab_s)
+  # x_s = σ_s/σ_t x_t + σ_s ∫_{λ_t}^{λ_s} e^λ D(λ) dλ with D linear in λ between d_t, d_s.
+  lam = lambda ab: 0.5 * np.log(ab / (1 - ab))
+  h = lam(ab_s) - lam(ab_t)
+  return x_e + np.sqrt(ab_s) * (h - 1 + np.exp(-h)) / h * (d_s - d_t)
 
 
 def distance_ref(metric, a, b):
@@ -115,15 +120,18 @@ def denoiser64(y, sig, mu=MU, s=S):
 
 
 def chain64(y, grid, k, solver, mu=MU, s=S):
-  """The discrete fixed point: exact-denoiser steps from grid[k] back to grid[0], VE."""
+  """The discrete fixed point: exact-denoiser steps from grid[k] back to grid[0], VE.
+  Heun: the trapezoidal exponential step, y_s = y'_s + φ₂(h) (D'_s - D_t) in VE
+  coordinates (the VP step divided by α_s), h = log(σ_t/σ_s)."""
   for j in range(k, 0, -1):
     st, ss = SIG[grid[j]], SIG[grid[j - 1]]
-    e = (y - denoiser64(y, st, mu, s)) / st
-    y_e = y + (ss - st) * e
+    d_t = denoiser64(y, st, mu, s)
+    y_e = y + (ss - st) * (y - d_t) / st
     if solver == "euler":
       y = y_e
     else:
-      y = y + (ss - st) * (e + (y_e - denoiser64(y_e, ss, mu, s)) / ss) / 2
+      h = np.log(st / ss)
+      y = y_e + (h - 1 + np.exp(-h)) / h * (denoiser64(y_e, ss, mu, s) - d_t)
   return y
 
 
@@ -428,7 +436,7 @@ def test_cd_loss_exact_teacher_initialized_and_wrong_students():
         teacher_prediction="eps", solver=solver)["loss"].mean()
 
   heun, euler = mean_loss("heun", "exact", "exact"), mean_loss("euler", "exact", "exact")
-  assert heun < 1e-9 and heun < euler / 100 and euler < 1e-5, (heun, euler)
+  assert heun < 1e-9 and heun < euler / 10 and euler < 1e-5, (heun, euler)
   init = mean_loss("heun", "teacher", "teacher")
   wrong = mean_loss("heun", "wrong", "exact")
   assert init < 1e-4 and wrong > 1e-3, (init, wrong)
@@ -565,22 +573,38 @@ def sample_moments(params, timesteps, n=20000):
 LIN41 = np.round(np.linspace(0, T - 1, 41)).astype(np.int64)
 
 
+def fixed_point_moments(grid, timesteps, solver, n=400_000):
+  """Mean and std of consistency sampling (float64, n draws) when f is the
+  discrete fixed point `chain64` on `grid` (timesteps ⊂ grid): what CD
+  converges to, within the solver's error of the data's moments."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(n, 2))
+  for i, t in enumerate(sorted(timesteps, reverse=True)):
+    if i:  # Re-noise the previous f to t (the sampler's step).
+      x = np.sqrt(AB[t]) * x + np.sqrt(1 - AB[t]) * rng.normal(size=(n, 2))
+    x = chain64(x / np.sqrt(AB[t]), grid, int(np.flatnonzero(grid == t)[0]), solver)
+  return x.mean(0), x.std(0)
+
+
 @pytest.mark.slow
 def test_consistency_distillation_learns_f_star():
   """CD (Heun, 41 grid points, μ = 0.9, 1000 Adam steps) from the teacher's
   initialization: f_θ reaches the discrete fixed point to 1e-3 s and f* to
-  the grid's Heun error (< 0.02 s); one-step (and two-step) consistency
-  sampling reproduces the data's mean and std within Monte-Carlo error."""
+  the grid's Heun error (0.044 s for this grid, < 0.06 s); one-step (and
+  two-step) consistency sampling reproduces the mean and std of the fixed
+  point within Monte-Carlo error, and those are within the solver's error
+  of the data's."""
   params, losses = train_affine("cd", LIN41, steps=1000, batch=256, mu=0.9)
   assert float(losses[-20:].mean()) < 1e-3 * float(losses[:20].mean())
   e_fixed, e_star = grid_errors(params, LIN41, "heun")
-  assert e_fixed < 1e-3 and e_star < 0.02, (e_fixed, e_star)
+  assert e_fixed < 1e-3 and e_star < 0.06, (e_fixed, e_star)
   n, z = 20000, 5.0
   for timesteps in ([T - 1], [int(LIN41[20]), T - 1]):
     mean, std = sample_moments(params, timesteps, n)
-    target_std = np.sqrt(S ** 2 + SIG[0] ** 2)      # f lands at σ_min, not at 0
-    assert np.all(np.abs(mean - MU) < z * S / np.sqrt(n)), (timesteps, mean)
-    assert np.all(np.abs(std / target_std - 1) < z / np.sqrt(2 * n)), (timesteps, std)
+    want_mean, want_std = fixed_point_moments(LIN41, timesteps, "heun")
+    assert np.all(np.abs(want_std / S - 1) < 0.06), want_std   # the solver's error
+    assert np.all(np.abs(mean - want_mean) < z * S / np.sqrt(n)), (timesteps, mean)
+    assert np.all(np.abs(std / want_std - 1) < z / np.sqrt(2 * n)), (timesteps, std)
 
 
 @pytest.mark.slow
