@@ -6,7 +6,8 @@
 Compares, at equal NFE, the v-prediction teacher (`configs/digits_v.py`,
 runs/digits_v) sampled by deterministic DDIM and DPM-Solver++(2M) with few
 steps, against its accelerated students: progressive distillation
-(`configs/digits_distill.py`, runs/digits_pd) and consistency distillation /
+(`configs/digits_distill.py`: runs/digits_pd2 after three rounds, two steps;
+runs/digits_pd after four, one step) and consistency distillation /
 training (`configs/digits_cd.py` runs/digits_cd, `configs/digits_ct.py`
 runs/digits_ct), each on the grid it was trained for. A run whose workdir holds
 no checkpoint is skipped. Every row is scored like the main job
@@ -29,20 +30,22 @@ from guidance_digits import load_config
 from diffusion_jax import evaluation, generate, train, writers
 from diffusion_jax.data import pipeline
 
+
 def rows(args):
-  """(label, config path, workdir, overrides, NFE) of every comparison row
-  (NFE None: the length of the distilled student's grid)."""
+  """(label, config path, workdir, overrides, NFE) of every comparison row."""
   teacher = ("configs/digits_v.py", args.teacher_workdir)
   out = []
   for k in (64, 16, 8, 4, 2, 1):
     out.append((f"teacher, DDIM (eta=0) {k} steps", *teacher,
                 [f"sample.num_steps={k}", "sample.eta=0.0"], k))
-  for k in (8, 4):
+  for k in (8, 4, 2):  # On the config's trailing grid: logsnr is worse on this
+    # cosine schedule, whose last index has λ ≈ -10 (README, "Few-step sampling").
     out.append((f"teacher, DPM-Solver++(2M) {k} steps", *teacher,
-                [f"sample.num_steps={k}", "sample.sampler=dpmpp_2m", "sample.eta=0.0",
-                 "sample.spacing=logsnr"], k))
-  out.append(("progressive distillation", "configs/digits_distill.py", args.pd_workdir, [],
-              None))
+                [f"sample.num_steps={k}", "sample.sampler=dpmpp_2m"], k))
+  out.append(("progressive distillation, 2 steps", "configs/digits_distill.py",
+              args.pd2_workdir, ["train.num_steps=1800"], 2))
+  out.append(("progressive distillation, 1 step", "configs/digits_distill.py",
+              args.pd_workdir, [], 1))
   for name, path, workdir in (("consistency distillation", "configs/digits_cd.py",
                                args.cd_workdir),
                               ("consistency training", "configs/digits_ct.py",
@@ -56,7 +59,10 @@ def rows(args):
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--num_samples", type=int, default=1000)
-  p.add_argument("--pd_workdir", default="runs/digits_pd")
+  p.add_argument("--pd_workdir", default="runs/digits_pd",
+                 help="the 4-round (one-step) progressive distillation run")
+  p.add_argument("--pd2_workdir", default="runs/digits_pd2",
+                 help="the same run stopped after 3 rounds (train.num_steps=1800, two steps)")
   p.add_argument("--cd_workdir", default="runs/digits_cd")
   p.add_argument("--ct_workdir", default="runs/digits_ct")
   p.add_argument("--teacher_workdir", default="runs/digits_v")
@@ -81,8 +87,8 @@ def main():
     trainer, params, step = train.restore_ema_params(config, workdir)
     gen = generate.Generator(config, trainer.spec, trainer.model_fn, trainer.schedule,
                              batch_size=config.sample.batch_size)
-    if nfe is None:
-      nfe = len(generate.sampler_grid(config)["timesteps"])
+    grid = generate.sampler_grid(config)
+    assert nfe == (len(grid["timesteps"]) if "timesteps" in grid else grid["num_steps"]), label
     t0 = time.perf_counter()
     images = gen(params, args.num_samples, seed=1)
     dt = time.perf_counter() - t0

@@ -109,10 +109,13 @@ def block(x):
   return jax.tree.map(lambda a: a.block_until_ready(), x)
 
 
-def timed(fn):
+def timed(fn, calls: int = 1):
+  """Wall time of one call of fn: `calls` calls back to back (each blocked on),
+  divided by `calls`."""
   t0 = time.perf_counter()
-  block(fn())
-  return time.perf_counter() - t0
+  for _ in range(calls):
+    block(fn())
+  return (time.perf_counter() - t0) / calls
 
 
 class Stat(NamedTuple):
@@ -120,15 +123,19 @@ class Stat(NamedTuple):
   min: float
 
 
-def alternate(fns: dict, repeats: int, warmup: int = 1) -> dict:
-  """Wall time (median and min) of each thunk, timed round-robin after warm-ups."""
+def alternate(fns: dict, repeats: int, warmup: int = 1, calls: dict | None = None) -> dict:
+  """Wall time per call (median and min) of each thunk, timed round-robin after
+  warm-ups. `calls[k]` > 1 times k as that many calls in a row: a call of a
+  millisecond otherwise also measures the transition from the previous thunk
+  (e.g. the runtime freeing a Python loop's thousand buffers)."""
+  calls = calls or {}
   for fn in fns.values():
     for _ in range(warmup):
       block(fn())
   times = {k: [] for k in fns}
   for _ in range(repeats):
     for k, fn in fns.items():
-      times[k].append(timed(fn))
+      times[k].append(timed(fn, calls.get(k, 1)))
   return {k: Stat(statistics.median(v), min(v)) for k, v in times.items()}
 
 
@@ -217,8 +224,10 @@ def claim_dispatch(args, rows, lines):
       return x
 
     np.testing.assert_allclose(loop(), f(params, jax.random.key(0), x_T=x_T), atol=1e-4)
+    # Each sample of the scan and the bare chain is 20 calls in a row (>= 20 ms).
     t = alternate({"scan": lambda: f(params, jax.random.key(0), x_T=x_T), "loop": loop,
-                   "bare": lambda: bare(params, x_T)}, 3 * args.repeats)
+                   "bare": lambda: bare(params, x_T)}, 3 * args.repeats,
+                  calls={"scan": 20, "bare": 20})
     row(rows, f"MLP sample_fn (one scan), {K} steps, B={B}", t["scan"])
     row(rows, f"MLP bare chain ({K} MLP calls in one scan), B={B}", t["bare"])
     row(rows, f"MLP Python loop of {K} jitted steps, B={B}", t["loop"])
