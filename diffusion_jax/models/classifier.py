@@ -3,6 +3,10 @@
 The UNet's encoder half (conv_in, down path, middle block; ``UNetEncoder``)
 followed by GroupNorm, swish, global average pooling and a Dense head, as in
 ADM's classifier (with mean pooling instead of attention pooling).
+
+As for the UNet, ``init`` returns boxed parameters with logical axis names
+(``partitioning.unbox`` gives plain arrays; the head's kernel is
+("embed", "mlp")).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ class NoisyClassifier(unet.EncoderConfig):
   Attributes:
     num_classes: number of classes (logits).
     ch, ch_mult, num_res_blocks, attn_resolutions, dropout, num_heads,
-    num_groups, resamp_with_conv, dtype, param_dtype: as in ``unet.UNet``.
+    num_groups, resamp_with_conv, dtype, param_dtype, remat_policy: as in
+    ``unet.UNet``.
   """
 
   num_classes: int = 10

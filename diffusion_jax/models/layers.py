@@ -4,10 +4,21 @@ Initialisation follows Ho et al. (2020): ``variance_scaling(1, fan_avg,
 uniform)`` everywhere, zero biases, and zero-initialised output layers for the
 last conv of every residual block, every attention output projection and the
 network's final conv (so every residual branch starts as the identity).
+
+Every parameter carries logical axis names (``partitioning``; e.g. dense
+kernels ("embed", "mlp"), conv kernels (None, None, "conv_in", "conv_out")),
+so ``init`` returns ``flax.linen.LogicallyPartitioned`` leaves; use
+``partitioning.unbox`` for plain arrays.
+
+Attention goes through ``jax.nn.dot_product_attention`` (Vaswani et al.,
+2017), which backends may lower to fused kernels. ``remat`` wraps a block in
+``flax.linen.remat`` (gradient checkpointing, Chen et al., 2016) with a named
+``jax.checkpoint_policies`` policy.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -15,8 +26,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.models import partitioning
+
 Dtype = Any
 Array = jax.Array
+
+# The accepted ``remat_policy`` values: names in ``jax.checkpoint_policies``.
+REMAT_POLICIES = (
+    "nothing_saveable",
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+    "everything_saveable",
+)
 
 
 def default_init(scale: float = 1.0) -> nn.initializers.Initializer:
@@ -64,11 +85,14 @@ def group_norm(
         f"GroupNorm, but one normalises {channels} channels; choose num_groups "
         "dividing ch * m for every m in ch_mult (e.g. a divisor of ch)."
     )
+  names = (partitioning.NORM,)
   return nn.GroupNorm(
       num_groups=num_groups,
       epsilon=1e-6,
       dtype=dtype,
       param_dtype=param_dtype,
+      scale_init=partitioning.with_names(nn.initializers.ones_init(), names),
+      bias_init=partitioning.with_names(nn.initializers.zeros_init(), names),
       name=name,
   )
 
@@ -83,13 +107,20 @@ def conv(
     kernel: int = 3,
     name: str | None = None,
 ) -> nn.Conv:
-  """kxk 'SAME' conv with DDPM init (call inside a compact method)."""
+  """kxk 'SAME' conv with DDPM init (call inside a compact method).
+
+  Kernel [k, k, in, out] named (None, None, "conv_in", "conv_out"), bias
+  ("conv_out",).
+  """
   return nn.Conv(
       features,
       (kernel, kernel),
       strides=strides,
       padding="SAME",
-      kernel_init=default_init(scale),
+      kernel_init=partitioning.with_names(default_init(scale), partitioning.CONV),
+      bias_init=partitioning.with_names(
+          nn.initializers.zeros_init(), partitioning.CONV[-1:]
+      ),
       dtype=dtype,
       param_dtype=param_dtype,
       name=name,
@@ -102,15 +133,60 @@ def dense(
     dtype: Dtype,
     param_dtype: Dtype,
     scale: float = 1.0,
+    axes: tuple[str, str] = partitioning.DENSE,
     name: str | None = None,
 ) -> nn.Dense:
-  """Dense (also DDPM's 1x1 "nin") with DDPM init (call inside a compact method)."""
+  """Dense (also DDPM's 1x1 "nin") with DDPM init (call inside a compact method).
+
+  The kernel [in, out] gets the logical names ``axes`` (default
+  ("embed", "mlp")), the bias ``axes[1]``.
+  """
   return nn.Dense(
       features,
-      kernel_init=default_init(scale),
+      kernel_init=partitioning.with_names(default_init(scale), axes),
+      bias_init=partitioning.with_names(nn.initializers.zeros_init(), axes[1:]),
       dtype=dtype,
       param_dtype=param_dtype,
       name=name,
+  )
+
+
+def check_remat_policy(policy: str | None) -> None:
+  """Raises ValueError unless ``policy`` is None or in ``REMAT_POLICIES``."""
+  if policy is not None and policy not in REMAT_POLICIES:
+    raise ValueError(
+        f"remat_policy must be None or one of {REMAT_POLICIES}, got {policy!r}."
+    )
+
+
+def remat(cls: type[nn.Module], policy: str | None, static_argnums: tuple[int, ...] = ()):
+  """``cls`` rematerialised with ``jax.checkpoint_policies.<policy>``.
+
+  The wrapped class keeps the parameter tree as long as instances get an
+  explicit ``name`` (``nn.remat`` renames the class, not the scope).
+
+  Args:
+    cls: a Module class.
+    policy: None (returns ``cls``) or one of ``REMAT_POLICIES``.
+    static_argnums: positions of ``__call__``'s static arguments, counting
+      ``self`` as 0 (they must be passed positionally).
+
+  Returns:
+    ``cls`` or ``nn.remat(cls, policy=..., static_argnums=...)``.
+  """
+  check_remat_policy(policy)
+  if policy is None:
+    return cls
+  return _remat(cls, policy, tuple(static_argnums))
+
+
+@functools.lru_cache(maxsize=None)
+def _remat(cls: type[nn.Module], policy: str, static_argnums: tuple[int, ...]):
+  """``remat`` after validation; cached so each block kind is wrapped once."""
+  return nn.remat(
+      cls,
+      policy=getattr(jax.checkpoint_policies, policy),
+      static_argnums=static_argnums,
   )
 
 
@@ -170,6 +246,9 @@ class TimeEmbedding(_Base):
         4 * self.ch,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
+        embedding_init=partitioning.with_names(
+            nn.linear.default_embed_init, partitioning.EMBEDDING
+        ),
         name="label_emb",
     )(jnp.asarray(y, jnp.int32))
     return emb + label_emb
@@ -187,8 +266,9 @@ class ResBlock(_Base):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x: Array, emb: Array, *, train: bool) -> Array:
-    """x: [B, H, W, C]; emb: [B, E]. Returns [B, H, W, out_ch]."""
+  def __call__(self, x: Array, emb: Array, train: bool) -> Array:
+    """x: [B, H, W, C]; emb: [B, E]; train: enables dropout (static; pass it
+    positionally when the block is rematerialised). Returns [B, H, W, out_ch]."""
     h = nn.swish(self.norm(x.shape[-1], name="norm1")(x))
     h = self.conv(self.out_ch, name="conv1")(h)
     h = h + self.dense(self.out_ch, name="temb_proj")(nn.swish(emb))[:, None, None, :]
@@ -201,21 +281,30 @@ class ResBlock(_Base):
     return x + h
 
 
-def _attention(q: Array, k: Array, v: Array, num_heads: int) -> Array:
-  """Multi-head dot-product attention, softmax in float32.
+def _attention(
+    q: Array, k: Array, v: Array, num_heads: int, implementation: str | None = None
+) -> Array:
+  """Multi-head scaled dot-product attention via ``jax.nn.dot_product_attention``.
+
+  Channel c of the inputs belongs to head ``c // (C // num_heads)``. The
+  logits are accumulated in float32 (also for bfloat16 inputs), scaled by
+  ``head_dim ** -0.5`` and the softmax is taken in float32; the weights are
+  cast to v's dtype for the weighted sum.
 
   Args:
-    q: [B, Lq, C]; k, v: [B, Lk, C]; C divisible by num_heads.
+    q: [B, Lq, C]; k, v: [B, Lk, C]; C divisible by num_heads; one dtype.
+    num_heads: number of heads.
+    implementation: ``jax.nn.dot_product_attention``'s backend: None (XLA
+      today), "xla" or "cudnn".
 
   Returns:
     [B, Lq, C] in v's dtype.
   """
   b, lq, c = q.shape
   split = lambda a: a.reshape(a.shape[0], a.shape[1], num_heads, c // num_heads)
-  q, k, v = split(q), split(k), split(v)
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-  weights = jax.nn.softmax(logits * (c // num_heads) ** -0.5, axis=-1)
-  out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+  out = jax.nn.dot_product_attention(
+      split(q), split(k), split(v), implementation=implementation
+  )
   return out.reshape(b, lq, c)
 
 
@@ -236,12 +325,11 @@ class AttnBlock(_Base):
     """x: [B, L, C]; kv: [B, Lk, D]. Returns [B, L, C]."""
     c = x.shape[-1]
     h = self.norm(c, name=f"{prefix}norm")(x)
-    q = self.dense(c, name=f"{prefix}q")(h)
+    proj = lambda n: self.dense(c, axes=partitioning.ATTN_IN, name=f"{prefix}{n}")
     kv = h if kv is None else kv
-    k = self.dense(c, name=f"{prefix}k")(kv)
-    v = self.dense(c, name=f"{prefix}v")(kv)
-    h = _attention(q, k, v, self.num_heads)
-    return x + self.dense(c, scale=0.0, name=f"{prefix}proj_out")(h)
+    h = _attention(proj("q")(h), proj("k")(kv), proj("v")(kv), self.num_heads)
+    out = self.dense(c, scale=0.0, axes=partitioning.ATTN_OUT, name=f"{prefix}proj_out")
+    return x + out(h)
 
   @nn.compact
   def __call__(self, x: Array, context: Array | None = None) -> Array:

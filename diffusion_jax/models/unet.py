@@ -7,6 +7,25 @@ model (``hojonathanho/diffusion``, ``diffusion_tf/models/unet.py``):
 
 For 8x8 digits, e.g. ``UNet(ch=64, ch_mult=(1, 2), attn_resolutions=(4,),
 num_groups=32)``.
+
+Parameters are boxed: every leaf returned by ``model.init`` is a
+``flax.linen.LogicallyPartitioned`` carrying logical axis names (vocabulary
+in ``partitioning``). The tree's paths and shapes are those of the plain
+arrays; take plain arrays with ``partitioning.unbox`` and the logical
+``PartitionSpec``s with ``partitioning.logical_specs``::
+
+    variables = model.init({"params": key}, x, t, train=False)
+    params = partitioning.unbox(variables)["params"]     # plain float32 arrays
+    out = model.apply({"params": params}, x, t, train=False)
+
+``model.apply`` accepts boxed or plain parameters.
+
+``remat_policy`` rematerialises every ResBlock and AttnBlock (gradient
+checkpointing, Chen et al., 2016: ``flax.linen.remat`` with the named
+``jax.checkpoint_policies`` policy) without changing the parameter tree.
+
+Pretrained diffusers ``UNet2DModel`` weights of this family (google/ddpm-*)
+load with ``convert_diffusers.load_diffusers_unet``.
 """
 
 from __future__ import annotations
@@ -35,20 +54,26 @@ def _check_input(x: Array, num_levels: int) -> None:
 
 
 def res_block(m: "EncoderConfig", out_ch: int, name: str) -> layers.ResBlock:
-  """ResBlock configured from module ``m`` (call inside m's compact method)."""
-  return layers.ResBlock(
-      out_ch=out_ch, dropout=m.dropout, name=name, **m.base_kwargs()
-  )
+  """ResBlock configured from module ``m`` (call inside m's compact method).
+
+  Rematerialised when ``m.remat_policy`` is set: call it as
+  ``block(x, emb, train)`` (train positional: it is static).
+  """
+  cls = layers.remat(layers.ResBlock, m.remat_policy, static_argnums=(3,))
+  return cls(out_ch=out_ch, dropout=m.dropout, name=name, **m.base_kwargs())
 
 
 def attn_block(m: "EncoderConfig", name: str) -> layers.AttnBlock:
-  """AttnBlock configured from module ``m`` (call inside m's compact method)."""
-  return layers.AttnBlock(num_heads=m.num_heads, name=name, **m.base_kwargs())
+  """AttnBlock configured from module ``m`` (call inside m's compact method);
+  rematerialised when ``m.remat_policy`` is set."""
+  cls = layers.remat(layers.AttnBlock, m.remat_policy)
+  return cls(num_heads=m.num_heads, name=name, **m.base_kwargs())
 
 
 _ENCODER_FIELDS = (
     "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout",
     "num_heads", "resamp_with_conv", "num_groups", "dtype", "param_dtype",
+    "remat_policy",
 )
 
 
@@ -65,6 +90,7 @@ class EncoderConfig(layers._Base):
   dropout: float = 0.1
   num_heads: int = 1
   resamp_with_conv: bool = True
+  remat_policy: str | None = None
 
   def validate(self) -> None:
     """Raises ValueError naming the first invalid architecture field."""
@@ -85,6 +111,7 @@ class EncoderConfig(layers._Base):
       raise ValueError(f"num_heads must be a positive int, got {self.num_heads!r}.")
     if not isinstance(num_groups, int) or num_groups <= 0:
       raise ValueError(f"num_groups must be a positive int, got {num_groups!r}.")
+    layers.check_remat_policy(self.remat_policy)
     for m in ch_mult:
       if (ch * m) % num_groups:
         raise ValueError(
@@ -126,7 +153,7 @@ class UNetEncoder(EncoderConfig):
     for level, mult in enumerate(self.ch_mult):
       for i in range(self.num_res_blocks):
         h = res_block(self, self.ch * mult, f"down_{level}_block_{i}")(
-            hs[-1], emb, train=train
+            hs[-1], emb, train
         )
         if h.shape[1] in self.attn_resolutions:
           h = attn_block(self, f"down_{level}_attn_{i}")(h, context)
@@ -140,9 +167,9 @@ class UNetEncoder(EncoderConfig):
             )(hs[-1])
         )
     h = hs[-1]
-    h = res_block(self, h.shape[-1], "mid_block_1")(h, emb, train=train)
+    h = res_block(self, h.shape[-1], "mid_block_1")(h, emb, train)
     h = attn_block(self, "mid_attn_1")(h, context)
-    h = res_block(self, h.shape[-1], "mid_block_2")(h, emb, train=train)
+    h = res_block(self, h.shape[-1], "mid_block_2")(h, emb, train)
     return h, hs
 
 
@@ -190,6 +217,12 @@ class UNet(EncoderConfig):
     resamp_with_conv: convs in down/upsampling (else avg-pool / nearest only).
     dtype: compute dtype (float32 or bfloat16).
     param_dtype: parameter dtype.
+    remat_policy: None, or rematerialise every ResBlock and AttnBlock with
+      this ``jax.checkpoint_policies`` policy, one of ``layers.REMAT_POLICIES``
+      ("nothing_saveable", "dots_saveable",
+      "dots_with_no_batch_dims_saveable", "everything_saveable"). Saves
+      activation memory in training at the cost of recomputation; outputs,
+      gradients and the parameter tree are unchanged.
   """
 
   out_channels: int | None = None
@@ -239,7 +272,7 @@ class UNet(EncoderConfig):
       for i in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, hs.pop()], axis=-1)
         h = res_block(self, self.ch * self.ch_mult[level], f"up_{level}_block_{i}")(
-            h, emb, train=train
+            h, emb, train
         )
         if h.shape[1] in self.attn_resolutions:
           h = attn_block(self, f"up_{level}_attn_{i}")(h, context)
