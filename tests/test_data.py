@@ -8,22 +8,28 @@ import pytest
 
 from diffusion_jax.data import digits
 from diffusion_jax.data import pipeline
+from diffusion_jax.data import sources
+
+
+def _digits(data_dir):
+  return dict(dataset="digits", data_dir=data_dir, image_size=8, channels=1)
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
+def fresh_data_dir(tmp_path_factory):
+  """An empty tfds data dir: these tests build digits in it themselves."""
   return str(tmp_path_factory.mktemp("tfds"))
 
 
 @pytest.fixture(scope="module")
-def train_source(data_dir):
-  return pipeline.get_data_source("digits", "train", data_dir)
+def train_source(fresh_data_dir):
+  return sources.get_source(_digits(fresh_data_dir), "train", in_memory=False)
 
 
 @pytest.fixture(scope="module")
-def memory_source(data_dir, train_source):
+def memory_source(fresh_data_dir, train_source):
   del train_source  # Prepared already.
-  return pipeline.get_data_source("digits", "train", data_dir, in_memory=True)
+  return sources.get_source(_digits(fresh_data_dir), "train", in_memory=True)
 
 
 def _take(loader_or_iterator, n):
@@ -38,18 +44,19 @@ def _assert_same_batches(a, b):
     np.testing.assert_array_equal(x["label"], y["label"])
 
 
-def test_digits_builds_offline_without_tensorflow(data_dir, train_source):
-  test_source = pipeline.get_data_source("digits", "test", data_dir)
+def test_digits_builds_offline_without_tensorflow(fresh_data_dir, train_source):
+  test_source = sources.get_source(_digits(fresh_data_dir), "test", in_memory=False)
   assert len(train_source) == digits.SPLIT_SIZES["train"] == 1437
   assert len(test_source) == digits.SPLIT_SIZES["test"] == 360
   assert "tensorflow" not in sys.modules
-  files = [p.name for p in (pathlib.Path(data_dir) / "digits" / "1.0.0").iterdir()]
+  version_dir = pathlib.Path(fresh_data_dir) / "digits" / "1.0.0"
+  files = [p.name for p in version_dir.iterdir()]
   assert any(".array_record" in f for f in files), files
 
   example = train_source[0]
   assert example["image"].shape == (8, 8, 1)
   assert example["image"].dtype == np.uint8
-  images, labels = pipeline.to_arrays(test_source)
+  images, labels = sources.to_arrays(test_source)
   assert images.shape == (360, 8, 8, 1) and images.dtype == np.uint8
   assert images.max() == 255 and images.min() == 0
   assert set(np.unique(labels)) == set(range(10))
@@ -60,15 +67,16 @@ def test_digits_builds_offline_without_tensorflow(data_dir, train_source):
   assert np.isin(images, allowed).all()
 
 
-def test_dataset_info(data_dir):
-  assert pipeline.dataset_info("digits", data_dir) == (8, 8, 1, 10)
+def test_dataset_info(fresh_data_dir):
+  info = sources.dataset_info(_digits(fresh_data_dir))
+  assert (info.height, info.width, info.channels, info.num_classes) == (8, 8, 1, 10)
 
 
-@pytest.mark.parametrize("fn", [pipeline.get_data_source, pipeline.dataset_info])
-def test_unknown_dataset_is_a_clear_value_error(data_dir, fn):
+@pytest.mark.parametrize("fn", [lambda c: sources.get_source(c, "train"), sources.dataset_info])
+def test_unknown_dataset_is_a_clear_value_error(fresh_data_dir, fn):
   with pytest.raises(ValueError, match=r"data\.dataset='no_such_dataset'") as e:
-    fn("no_such_dataset", data_dir=data_dir)
-  assert "digits" in str(e.value) and "tfds image dataset" in str(e.value)
+    fn(_digits(fresh_data_dir) | {"dataset": "no_such_dataset"})
+  assert "folder" in str(e.value) and "npz" in str(e.value)
 
 
 def test_batches_shapes_dtypes_and_range(memory_source):
@@ -127,7 +135,7 @@ def test_iterator_state_restore_resumes_exactly(memory_source):
 
 def test_sharding_gives_disjoint_per_process_batches():
   n = 100
-  source = pipeline.ArraySource(
+  source = sources.ArraySource(
       images=np.zeros((n, 4, 4, 1), np.uint8), labels=np.arange(n, dtype=np.int32)
   )
   seen = []
@@ -147,7 +155,7 @@ def test_sharding_gives_disjoint_per_process_batches():
 def test_random_flip_is_horizontal_and_seeded():
   image = np.zeros((1, 4, 4, 1), np.uint8)
   image[0, :, 0] = 255  # Left column lit.
-  source = pipeline.ArraySource(
+  source = sources.ArraySource(
       images=np.repeat(image, 64, 0), labels=np.zeros(64, np.int32)
   )
   (batch,) = _take(
@@ -159,7 +167,7 @@ def test_random_flip_is_horizontal_and_seeded():
 
 
 def test_image_size_mismatch_raises(memory_source):
-  with pytest.raises(ValueError, match=r"model\.image_size=32.*8x8"):
+  with pytest.raises(ValueError, match=r"data\.image_size=32.*8x8"):
     pipeline.make_loader(memory_source, batch_size=8, seed=0, image_size=32)
 
 

@@ -91,6 +91,14 @@ class Digits(tfds.core.GeneratorBasedBuilder):
     """This file. (tfds' default needs the `importlib_resources` backport.)"""
     return epath.Path(__file__)
 
+  def _log_download_bytes(self) -> None:
+    """Replaces tfds' "Downloading and preparing dataset ..." line."""
+    print(f"Building the embedded digits dataset from scikit-learn into "
+          f"{self.data_dir} (offline, once).", flush=True)
+
+  def _log_download_done(self) -> None:
+    """Nothing to add to the line above."""
+
   def _info(self) -> tfds.core.DatasetInfo:
     # `tfds.core.DatasetInfo(builder=self, ...)` rather than
     # `self.dataset_info_from_configs`, which would look for metadata files
