@@ -21,7 +21,7 @@ import json
 import numpy as np
 
 from diffusion_jax import evaluation
-from diffusion_jax.data import pipeline
+from diffusion_jax.data import sources
 
 
 def class_spread(images: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -33,8 +33,8 @@ def class_spread(images: np.ndarray, labels: np.ndarray, num_classes: int) -> np
 def score(samples_uint8: np.ndarray, labels=None, *, data_dir=None, seed: int = 0,
           classifier=None) -> dict:
   """The quality report of uint8 samples [N, H, W, C] (and their labels)."""
-  train_x, train_y = pipeline.load_images("digits", "train", data_dir)
-  test_x, test_y = pipeline.load_images("digits", "test", data_dir)
+  train_x, train_y = sources.load_split(dict(dataset="digits", data_dir=data_dir, image_size=8, channels=1), "train")
+  test_x, test_y = sources.load_split(dict(dataset="digits", data_dir=data_dir, image_size=8, channels=1), "test")
   if classifier is None:
     classifier = evaluation.train_eval_classifier(train_x, train_y, seed=seed)
   probs_test = evaluation.classify(*classifier, test_x)

@@ -27,8 +27,8 @@ import time
 import numpy as np
 
 from guidance_digits import load_config
-from diffusion_jax import evaluation, generate, train, writers
-from diffusion_jax.data import pipeline
+from diffusion_jax import evaluation, generate, runs, writers
+from diffusion_jax.data import sources
 
 
 def rows(args):
@@ -70,8 +70,8 @@ def main():
   p.add_argument("--json", default=None)
   args = p.parse_args()
 
-  train_x, train_y = pipeline.load_images("digits", "train", None)
-  test_x, _ = pipeline.load_images("digits", "test", None)
+  train_x, train_y = sources.load_split(dict(dataset="digits", data_dir=None, image_size=8, channels=1), "train")
+  test_x, _ = sources.load_split(dict(dataset="digits", data_dir=None, image_size=8, channels=1), "test")
   clf = evaluation.train_eval_classifier(train_x, train_y, seed=0)
   print(f"{args.num_samples} samples per row, seed 1; scored by a classifier trained on "
         "the real training split")
@@ -84,10 +84,11 @@ def main():
       print(f"| {label} | — | skipped: no run in {workdir} | | | | |")
       continue
     config = load_config(path, overrides)
-    trainer, params, step = train.restore_ema_params(config, workdir)
-    gen = generate.Generator(config, trainer.spec, trainer.model_fn, trainer.schedule,
+    run = runs.load_run(workdir, config)
+    params, step = run.params, run.step
+    gen = generate.Generator(config, run.spec, run.model_fn, run.schedule,
                              batch_size=config.sample.batch_size)
-    grid = generate.sampler_grid(config)
+    grid = run.task.sampling.grid(config)
     assert nfe == (len(grid["timesteps"]) if "timesteps" in grid else grid["num_steps"]), label
     t0 = time.perf_counter()
     images = gen(params, args.num_samples, seed=1)

@@ -25,8 +25,8 @@ import time
 import numpy as np
 
 import digits_quality
-from diffusion_jax import evaluation, generate, modes, writers
-from diffusion_jax.data import pipeline
+from diffusion_jax import evaluation, generate, runs, writers
+from diffusion_jax.data import sources
 
 
 def load_config(path: str, overrides: list[str]):
@@ -60,16 +60,17 @@ def main():
   classifier_guided = args.classifier_workdir is not None
   default = "0,0.5,1,2,4,8" if classifier_guided else "0,1,1.5,2,3,5"
   scales = [float(s) for s in (args.scales or default).split(",")]
-  trainer, params, step = modes.restore_ema_params(config, args.workdir)
+  run = runs.load_run(args.workdir, config)
+  params, step = run.params, run.step
   classifier_fn = None
   if classifier_guided:
-    classifier_fn, cparams = modes.restore_classifier(args.classifier_workdir)
+    classifier_fn, cparams = generate.restore_classifier(args.classifier_workdir)
     params = {"model": params, "classifier": cparams}
-  gen = generate.Generator(config, trainer.spec, trainer.model_fn, trainer.schedule,
+  gen = generate.Generator(config, run.spec, run.model_fn, run.schedule,
                            batch_size=config.sample.batch_size,
                            classifier_fn=classifier_fn, cfg=not classifier_guided)
-  train_x, train_y = pipeline.load_images("digits", "train", config.data.data_dir)
-  test_x, test_y = pipeline.load_images("digits", "test", config.data.data_dir)
+  train_x, train_y = sources.load_split(config.data, "train")
+  test_x, test_y = sources.load_split(config.data, "test")
   clf = evaluation.train_eval_classifier(train_x, train_y, seed=0)
   real_spread = digits_quality.class_spread(test_x, test_y, 10)
   labels = generate.balanced_labels(args.num_samples, 10)

@@ -18,15 +18,17 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from diffusion_jax.errors import ConfigError
+
 
 class Checkpointer:
   """Saves and restores (train state, data iterator state) at integer steps."""
 
-  def __init__(self, directory: str, *, max_to_keep: int = 2):
+  def __init__(self, directory: str, *, max_to_keep: int = 2, create: bool = True):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False,
-        cleanup_tmp_directories=True)
+        max_to_keep=max_to_keep, create=create, enable_async_checkpointing=False,
+        cleanup_tmp_directories=create)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("state", "data"))
 
@@ -56,11 +58,31 @@ class Checkpointer:
           state=ocp.args.StandardRestore(abstract_state),
           data=ocp.args.JsonRestore()))
     except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(
+      raise ConfigError(
           f"The checkpoint at step {step} in {self.directory} does not match the "
           f"model/optimizer of this config ({type(e).__name__}: {str(e)[:300]}). "
-          "Use a new --workdir or the config it was written with.") from e
+          "Use a new --workdir or the config it was written with.") from None
     return restored.state, restored.data["iterator"].encode(), step
+
+  def restore_params(self, abstract_params, step: int | None = None, *,
+                     field: str = "ema_params"):
+    """Restores only `state.<field>` (e.g. the EMA params) onto the shardings of
+    `abstract_params`, without reading the optimizer state. Returns (params, step)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    try:
+      item = {field: abstract_params}
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(
+              item=item, partial_restore=True,
+              restore_args=ocp.checkpoint_utils.construct_restore_args(item))))
+    except (ValueError, KeyError, TypeError) as e:
+      raise ConfigError(
+          f"The checkpoint at step {step} in {self.directory} does not match the "
+          f"model of this config ({type(e).__name__}: {str(e)[:300]}). "
+          "Use the config it was written with.") from None
+    return restored.state[field], step
 
   def close(self) -> None:
     self._manager.close()

@@ -64,27 +64,17 @@ g_{n+1} to g_n, and
 
     L_CD = λ(n) d(f_θ(x_{n+1}, g_{n+1}), f_θ⁻(x̂_n, g_n)),   θ⁻ under stop_gradient.
 
-Solvers (`pf_ode_step`), in VE coordinates from σ_t = σ(g_{n+1}) to σ_s = σ(g_n):
-  * "euler": y_s = y_t + (σ_s - σ_t) ε̂. Since y_t = x̂_0 + σ_t ε̂ this is
-    y_s = x̂_0 + σ_s ε̂, i.e. x_s = √ᾱ_s y_s = √ᾱ_s x̂_0 + √(1-ᾱ_s) ε̂: exactly the
-    deterministic DDIM step (DDIM Eq. (12), σ = 0; `samplers.ddim_step`, here
-    with √(1-ᾱ_s) taken from the schedule's float64-derived array).
-  * "heun": Heun's method on the exponential integrator (the second-order
-    step of Lu et al. 2022, "DPM-Solver", App. B, with the end point instead of
-    the midpoint; Zhang & Chen 2023, "DEIS"): in log-SNR λ = log(α/σ) (α = √ᾱ,
-    σ = √(1-ᾱ), h = λ_s - λ_t), the data prediction D is interpolated
-    linearly between D̂_t and D̂'_s, the teacher's x̂_0 at the Euler point
-    (x'_s, g_n), and the exact integral of the linear ODE gives
-
-        x_s = x'_s + α_s φ₂(h) (D̂'_s - D̂_t),    φ₂(h) = (h - 1 + e^{-h})/h ∈ (0, 1).
-
-    Two teacher evaluations; second order, like EDM's Alg. 1 Heun step in
-    σ (y_s = y_t + (σ_s - σ_t)(ε̂ + ε̂')/2), with which it agrees to O(h³) per
-    step. EDM's form multiplies the teacher's ε̂' - ε̂ by √ᾱ_s (σ_s - σ_t),
-    which reaches ~10³ from the last index of a cosine schedule (σ = 2·10⁴
-    there; EDM caps σ at 80 for this reason) and turns a small teacher error
-    into a huge target; here the factor α_s φ₂ stays below 1, and h = ∞ (a
-    zero-terminal-SNR start) gives the limit α_s (D̂'_s - D̂_t).
+Solvers (`pf_ode_step`): the shared steps of `samplers/steps.py`, from
+g_{n+1} to g_n with the teacher's (x̂_0, ε̂):
+  * "euler": the deterministic DDIM (exponential-Euler) step
+    x_s = √ᾱ_s x̂_0 + √(1-ᾱ_s) ε̂. In VE coordinates y = x/√ᾱ it is Euler's
+    y_s = y_t + (σ_s - σ_t) ε̂ exactly.
+  * "heun": the exponential (trapezoidal in log-SNR) Heun step, two teacher
+    evaluations, second order. EDM's Alg. 1 Heun step in σ multiplies the
+    teacher's ε̂' - ε̂ by √ᾱ_s (σ_s - σ_t), ~10³ from the last index of a
+    cosine schedule (σ = 2·10⁴ there; EDM caps σ at 80 for this reason), which
+    turns a small teacher error into a huge target; the exponential form's
+    factor stays below 1 (`samplers/steps.py`).
 
 Training (CT, CM §5, Alg. 3): as CD, but x̂_n = q_sample(x_0, g_n, ε) with the
 same ε, and no teacher. The number of grid points N may be a traced int32
@@ -117,8 +107,12 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from diffusion_jax import process
+from diffusion_jax._checks import (ArgumentError, check_choice, check_int, check_number,
+                                   check_optional_positive, is_concrete, is_int)
+from diffusion_jax.samplers.steps import exp_euler, exp_heun
 from diffusion_jax.schedules import Schedule
 
 __all__ = [
@@ -145,18 +139,8 @@ ModelFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
 # ----------------------------------------------------------------------------
 
 
-def _is_concrete(a) -> bool:
-  return not isinstance(a, jax.core.Tracer)
-
-
 def _check_choice(name: str, value, allowed) -> str:
-  if not isinstance(value, str) or value not in allowed:
-    raise ValueError(f"Unknown {name} {value!r}; allowed values of {name}: {list(allowed)}.")
-  return value
-
-
-def _is_int(v) -> bool:
-  return not isinstance(v, bool) and isinstance(v, (int, np.integer))
+  return check_choice(name, value, allowed, kind=f"values of {name}")
 
 
 def _check_schedule(schedule: Schedule) -> int:
@@ -165,7 +149,7 @@ def _check_schedule(schedule: Schedule) -> int:
   if T < 2:
     raise ValueError(f"schedule must have num_timesteps >= 2, got {T}.")
   ts = schedule.timesteps
-  if _is_concrete(ts) and not np.array_equal(np.asarray(ts), np.arange(T)):
+  if is_concrete(ts) and not np.array_equal(np.asarray(ts), np.arange(T)):
     raise ValueError(
         "schedule must be the full training schedule (timesteps 0..T-1), not a respaced "
         "one: consistency functions are indexed by training timestep.")
@@ -173,15 +157,9 @@ def _check_schedule(schedule: Schedule) -> int:
 
 
 def _check_t_min(t_min, T: int) -> int:
-  if not _is_int(t_min) or not 0 <= t_min <= T - 2:
+  if not is_int(t_min) or not 0 <= t_min <= T - 2:
     raise ValueError(f"t_min must be an integer in [0, {T - 2}] (T = {T}), got {t_min!r}.")
   return int(t_min)
-
-
-def _check_clip(name: str, clip) -> None:
-  if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float, np.number))
-                           or not clip > 0):
-    raise ValueError(f"{name} must be a number > 0 or None, got {clip!r}.")
 
 
 def _check_common(prediction, metric, weighting) -> None:
@@ -214,7 +192,7 @@ def _jump_coefficient_arrays(schedule: Schedule, t_min: int):
 
 def _check_t_at_least(t, t_min: int):
   t = jnp.asarray(t)
-  if _is_concrete(t) and t.size and np.asarray(t).min() < t_min:
+  if is_concrete(t) and t.size and np.asarray(t).min() < t_min:
     raise ValueError(f"t must be >= t_min = {t_min}, got values down to {np.asarray(t).min()}.")
   return t
 
@@ -308,36 +286,23 @@ def pf_ode_step(teacher: Denoiser, schedule: Schedule, x_t, t, s, *, prediction:
   """
   _check_choice("prediction", prediction, process.PREDICTIONS)
   _check_choice("solver", solver, SOLVERS)
-  _check_clip("clip_x0", clip_x0)
+  check_optional_positive("clip_x0", clip_x0)
   process.check_variance(variance)
   t, s = jnp.asarray(t), jnp.asarray(s)
-  if _is_concrete(t) and _is_concrete(s) and np.any(np.asarray(s) >= np.asarray(t)):
-    raise ValueError(f"s must be < t elementwise; got s={s} and t={t}.")
+  if is_concrete(t) and is_concrete(s) and np.any(np.asarray(s) >= np.asarray(t)):
+    raise ArgumentError("s", f"s must be < t elementwise; got s={s} and t={t}.")
 
-  def teacher_x0_eps(x, idx):
-    out, _ = process.split_model_output(jnp.asarray(teacher(x, idx), x.dtype), variance)
-    return process.denoise(schedule, out, x, idx, prediction=prediction, clip_x0=clip_x0)
+  def teacher_denoise(x, idx, level):
+    return process.denoise_output(teacher(x, idx), x, level.alpha, level.sigma,
+                                  prediction=prediction, variance=variance, clip_x0=clip_x0)
 
-  x0_hat, eps_hat = teacher_x0_eps(x_t, t)
-  sqrt_ab_s = process.extract(schedule.sqrt_alphas_cumprod, s, x_t, name="s")
-  # The DDIM step `ddim_step(x0_hat, eps_hat, ᾱ_s)`, with √(1-ᾱ_s) from the
-  # stored float64-derived array: the float32 1 - ᾱ_s has lost digits at ᾱ ≈ 1.
-  x_s = (sqrt_ab_s * x0_hat
-         + process.extract(schedule.sqrt_one_minus_alphas_cumprod, s, x_t, name="s") * eps_hat)
+  frm = process.coefficients(schedule, t, x_t)
+  to = process.coefficients(schedule, s, x_t, name="s")
+  d = teacher_denoise(x_t, t, frm)
+  x_s = exp_euler(d.x0, d.eps, to)
   if solver == "euler":
     return x_s
-  x0_s, _ = teacher_x0_eps(x_s, s)
-  h = (_log_snr_half(schedule, s, x_t) - _log_snr_half(schedule, t, x_t))   # λ_s - λ_t > 0
-  finite = jnp.isfinite(h)                           # h = ∞ from a zero-SNR point
-  h_safe = jnp.where(finite, h, 1.0)
-  phi2 = jnp.where(finite, (h_safe + jnp.expm1(-h_safe)) / h_safe, 1.0)
-  return x_s + sqrt_ab_s * phi2 * (x0_s - x0_hat)
-
-
-def _log_snr_half(schedule: Schedule, t, x):
-  """λ = log(α/σ) = log √ᾱ - ½ log(1-ᾱ) at t, [B, 1, ...] (-∞ where ᾱ = 0)."""
-  return (jnp.log(process.extract(schedule.sqrt_alphas_cumprod, t, x))
-          - 0.5 * process.extract(schedule.log_one_minus_alphas_cumprod, t, x))
+  return exp_heun(x_s, d.x0, teacher_denoise(x_s, s, to).x0, frm, to)
 
 
 def consistency_distance(x, y, metric: str = "l2"):
@@ -384,15 +349,16 @@ def _consistency_terms(denoiser, target_denoiser, schedule, x_t, t, x_s, s, *,
 def check_grid(grid, num_timesteps: int) -> np.ndarray:
   """Validates a CD grid: a static, strictly increasing int array of >= 2
   training indices in [0, T-1]. Returns it as int64 [N]."""
-  if not _is_concrete(grid):
-    raise ValueError("grid must be a static (NumPy or Python) int array, not a traced value.")
+  if not is_concrete(grid):
+    raise ArgumentError("grid", "grid must be a static (NumPy or Python) int array, not a "
+                                "traced value.")
   g = np.asarray(grid)
   if (g.ndim != 1 or g.size < 2 or not np.issubdtype(g.dtype, np.integer)
       or np.any(np.diff(g) <= 0) or g.min() < 0 or g.max() > num_timesteps - 1):
     shown = g.tolist() if g.size <= 16 else f"{g.size} values"
-    raise ValueError(
-        f"grid must be a strictly increasing int array of at least 2 training indices in "
-        f"[0, {num_timesteps - 1}]; got {shown}.")
+    raise ArgumentError(
+        "grid", f"grid must be a strictly increasing int array of at least 2 training indices "
+        f"in [0, {num_timesteps - 1}]; got {shown}.")
   return g.astype(np.int64)
 
 
@@ -401,9 +367,9 @@ def sample_grid_indices(rng, batch_size: int, num_points):
 
   num_points = N >= 2 may be a traced int32 scalar (consistency training).
   """
-  if not _is_int(batch_size) or batch_size < 1:
+  if not is_int(batch_size) or batch_size < 1:
     raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
-  if _is_concrete(num_points):
+  if is_concrete(num_points):
     a = np.asarray(num_points)
     if a.ndim != 0 or not np.issubdtype(a.dtype, np.integer) or int(a) < 2:
       raise ValueError(f"num_points must be an integer scalar >= 2, got {num_points!r}.")
@@ -416,7 +382,7 @@ def _check_n(n, x0, num_points) -> None:
   if n.shape != x0.shape[:1] or not jnp.issubdtype(n.dtype, jnp.integer):
     raise ValueError(f"n must be an int array of shape [B] = {x0.shape[:1]}, got "
                      f"{n.dtype} {n.shape}.")
-  if _is_concrete(n) and _is_concrete(num_points) and n.size:
+  if is_concrete(n) and is_concrete(num_points) and n.size:
     n_np = np.asarray(n)
     if n_np.min() < 0 or n_np.max() > int(num_points) - 2:
       raise ValueError(f"n must lie in [0, {int(num_points) - 2}] (N = {int(num_points)} grid "
@@ -458,7 +424,7 @@ def consistency_distillation_loss(denoiser: Denoiser, target_denoiser: Denoiser,
   _check_common(prediction, metric, weighting)
   _check_choice("teacher_prediction", teacher_prediction, process.PREDICTIONS)
   _check_choice("solver", solver, SOLVERS)
-  _check_clip("teacher_clip_x0", teacher_clip_x0)
+  check_optional_positive("teacher_clip_x0", teacher_clip_x0)
   g = check_grid(grid, _check_schedule(schedule))
   _check_n(n, x0, g.size)
   n = jnp.asarray(n, jnp.int32)
@@ -481,9 +447,9 @@ def consistency_distillation_loss(denoiser: Denoiser, target_denoiser: Denoiser,
 
 def _check_ct_range(t_min, t_max, T: int) -> tuple[int, int]:
   t_max = T - 1 if t_max is None else t_max
-  if not _is_int(t_max) or not 1 <= t_max <= T - 1:
+  if not is_int(t_max) or not 1 <= t_max <= T - 1:
     raise ValueError(f"t_max must be an integer in [1, {T - 1}] or None, got {t_max!r}.")
-  if not _is_int(t_min) or not 0 <= t_min < t_max:
+  if not is_int(t_min) or not 0 <= t_min < t_max:
     raise ValueError(f"t_min must be an integer in [0, t_max - 1 = {t_max - 1}], got {t_min!r}.")
   if t_max - t_min > _MAX_CT_SPAN:
     raise ValueError(f"t_max - t_min must be <= {_MAX_CT_SPAN} (int32 grid arithmetic), "
@@ -495,7 +461,7 @@ def _check_num_points(num_points, t_min: int, t_max: int):
   N = jnp.asarray(num_points)
   if N.ndim != 0 or not jnp.issubdtype(N.dtype, jnp.integer):
     raise ValueError(f"num_points must be an integer scalar, got {num_points!r}.")
-  if _is_concrete(N) and not 2 <= int(N) <= t_max - t_min + 1:
+  if is_concrete(N) and not 2 <= int(N) <= t_max - t_min + 1:
     raise ValueError(f"num_points must be an integer in [2, t_max - t_min + 1 = "
                      f"{t_max - t_min + 1}], got {num_points!r}.")
   return N.astype(jnp.int32)
@@ -510,7 +476,7 @@ def ct_grid(n, num_points, *, t_min: int, t_max: int):
   2 <= N <= t_max - t_min + 1 the step is >= 1, so the N points are distinct,
   strictly increasing, with g_0 = t_min and g_{N-1} = t_max. Returns int32 of n's shape.
   """
-  if not (_is_int(t_min) and _is_int(t_max) and 0 <= t_min < t_max
+  if not (is_int(t_min) and is_int(t_max) and 0 <= t_min < t_max
           and t_max - t_min <= _MAX_CT_SPAN):
     raise ValueError(f"t_min and t_max must be integers with 0 <= t_min < t_max <= t_min + "
                      f"{_MAX_CT_SPAN}, got t_min={t_min!r}, t_max={t_max!r}.")
@@ -567,13 +533,9 @@ def ct_num_points(step, total_steps: int, s0: int = 2, s1: int = 150):
   N(0) = s0 and N(K) = s1 + 1. Computed in float32 (as jnp under jit); returns
   an int32 scalar (or array of step's shape).
   """
-  if not _is_int(total_steps) or total_steps < 1:
-    raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}.")
-  if not _is_int(s0) or s0 < 2:
-    raise ValueError(f"s0 must be an integer >= 2 (the initial number of grid points), "
-                     f"got {s0!r}.")
-  if not _is_int(s1) or s1 < s0:
-    raise ValueError(f"s1 must be an integer >= s0 = {s0}, got {s1!r}.")
+  check_int("total_steps", total_steps, 1)
+  check_int("s0", s0, 2)
+  check_int("s1", s1, s0)
   k = jnp.clip(jnp.asarray(step, jnp.float32), 0.0, float(total_steps))
   q = k / total_steps * float((s1 + 1) ** 2 - s0 ** 2) + float(s0 ** 2)
   return (jnp.ceil(jnp.sqrt(q) - 1.0) + 1.0).astype(jnp.int32)
@@ -587,11 +549,8 @@ def ct_ema_decay(num_points, s0: int = 2, mu0: float = 0.9):
   (The reference code openai/consistency_models divides by N(k) - 1 instead;
   this follows the paper's text.)
   """
-  if not _is_int(s0) or s0 < 2:
-    raise ValueError(f"s0 must be an integer >= 2, got {s0!r}.")
-  if (isinstance(mu0, bool) or not isinstance(mu0, (int, float, np.number))
-      or not 0.0 <= mu0 < 1.0):
-    raise ValueError(f"mu0 must be a number in [0, 1), got {mu0!r}.")
+  check_int("s0", s0, 2)
+  check_number("mu0", mu0, 0.0, 1.0, high_open=True)
   N = jnp.asarray(num_points, jnp.float32)
   if mu0 == 0.0:
     return jnp.zeros_like(N)
@@ -599,17 +558,16 @@ def ct_ema_decay(num_points, s0: int = 2, mu0: float = 0.9):
 
 
 def update_target(target_params, params, decay):
-  """θ⁻ ← stopgrad(μ θ⁻ + (1 - μ) θ), CM §4 (after each optimizer step).
+  """θ⁻ ← stopgrad(μ θ⁻ + (1 - μ) θ), CM §4 (after each optimizer step), an
+  `optax.incremental_update` with step size 1 - μ.
 
   target_params, params: pytrees of one structure; decay μ in [0, 1], a
   Python float or a (traced) scalar. Leaves keep target_params' dtypes.
   """
-  if _is_concrete(decay):
+  if is_concrete(decay):
     d = np.asarray(decay)
     if d.ndim != 0 or not 0.0 <= float(d) <= 1.0:
-      raise ValueError(f"decay must be a scalar in [0, 1], got {decay!r}.")
-
-  def upd(tp, p):
-    tp = jnp.asarray(tp)
-    return jax.lax.stop_gradient(decay * tp + (1.0 - decay) * p).astype(tp.dtype)
-  return jax.tree.map(upd, target_params, params)
+      raise ArgumentError("decay", f"decay must be a scalar in [0, 1], got {decay!r}.")
+  new = optax.incremental_update(params, target_params, 1.0 - decay)
+  return jax.tree.map(lambda n, tp: jax.lax.stop_gradient(n).astype(jnp.asarray(tp).dtype),
+                      new, target_params)

@@ -11,33 +11,35 @@ from ml_collections import config_dict
 
 def get_default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.task = "diffusion"     # diffusion | classifier (noise-aware, for classifier guidance)
-                                # | distill (progressive distillation of a trained model)
-                                # | consistency (consistency distillation or training)
+  config.seed = 0               # seeds the init, the training randomness and the samples
+  config.task = "diffusion"     # what to train: a name in `tasks.TASKS` (tasks/*.py)
 
   config.data = data = ml_collections.ConfigDict()
-  data.dataset = "digits"       # embedded default, built offline; or any tfds image dataset
+  data.dataset = "digits"       # folder | npz | cifar10 (with data.path) | digits (embedded, built offline)
+                                # | any tfds image dataset prepared in data.data_dir (data/sources.py)
+  data.path = config_dict.placeholder(str)  # the file or folder of the sources that read one (folder, npz, cifar10)
   data.data_dir = config_dict.placeholder(str)         # tfds data dir; None -> $TFDS_DATA_DIR or ~/tensorflow_datasets
-  data.image_size = 8           # must equal the dataset's height and width
-  data.channels = 1
+  data.image_size = 8           # side S the model sees; other sizes are resized (shorter side) and centre-cropped
+  data.channels = 1             # 1 (grayscale) | 3 (RGB); alpha is composited over white
+  data.test_fraction = 0.1      # folder, npz: share of the examples in the test split (hash of path/index)
   data.random_flip = False      # horizontal flips would turn digits into mirror glyphs
   data.dequantize = False       # uniform dequantization (only for likelihood training)
-  data.in_memory = True         # decode the split into RAM once (small datasets)
-  data.worker_count = 0         # grain worker processes (0 = in the main process)
+  data.in_memory = config_dict.placeholder(bool)  # decode the split into RAM once; None: auto (folder no, others yes)
+  data.worker_count = 0         # grain worker processes (0 = in the main process); they decode a folder's images
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
-  diffusion.schedule = "cosine"     # linear | cosine | sigmoid | scaled_linear
-  diffusion.num_timesteps = 1000
-  diffusion.rescale_to_zero_terminal_snr = False
-  diffusion.prediction = "eps"      # eps | x0 | v
-  diffusion.variance = "fixed_small"  # fixed_small | fixed_large | learned | learned_range
-  diffusion.loss_type = "simple"    # simple | hybrid (learned variances) | vlb
-  diffusion.weighting = "min_snr"   # none | min_snr (Hang et al. 2023: faster convergence)
-  diffusion.min_snr_gamma = 5.0
+  diffusion.schedule = "cosine"     # β schedule: a name in `schedules.SCHEDULES`
+  diffusion.num_timesteps = 1000    # T
+  diffusion.rescale_to_zero_terminal_snr = False  # Lin et al. 2024; needs a prediction defined at ᾱ = 0
+  diffusion.prediction = "eps"      # what the network predicts: a name in `process.PREDICTIONS`
+  diffusion.variance = "fixed_small"  # Σ_θ: a name in `process.VARIANCES` (learned ones add output channels)
+  diffusion.loss_type = "simple"    # a name in `losses.LOSS_TYPES` (hybrid needs a learned variance)
+  diffusion.weighting = "min_snr"   # a name in `losses.WEIGHTINGS` (min_snr: Hang et al. 2023)
+  diffusion.min_snr_gamma = 5.0     # γ of min-SNR-γ weighting (> 0)
   diffusion.vlb_weight = 1e-3       # λ of L_hybrid = L_simple + λ L_vlb (IDDPM)
 
   config.model = model = ml_collections.ConfigDict()
+  model.name = "unet"           # the network: a name in `models.NETWORKS`
   model.ch = 32                 # base channel count
   model.ch_mult = (1, 2)        # channel multiplier per resolution level (8x8, 4x4)
   model.num_res_blocks = 2
@@ -45,17 +47,20 @@ def get_default_config() -> ml_collections.ConfigDict:
   model.dropout = 0.1
   model.num_heads = 1
   model.num_groups = 8          # GroupNorm groups; must divide every channel count
-  model.conditioning = "none"   # none | class (label embedding) | embedding (cross-attention)
+  model.conditioning = "none"   # a name in `conditioning.CONDITIONINGS`: labels as an embedding
+                                # (class) or a per-class sequence read by cross-attention (embedding)
   model.context_len = 4         # conditioning="embedding": length L of each class's sequence
   model.context_dim = 32        # conditioning="embedding": width D of the sequence
-  model.dtype = "float32"       # compute dtype: float32 | bfloat16 (params stay float32)
+  model.dtype = "float32"       # compute dtype, a name in `models.DTYPES` (params stay float32)
 
   config.train = train = ml_collections.ConfigDict()
   train.num_steps = 2000
-  train.batch_size = 128        # global batch, split over all devices
-  train.optimizer = "adam"      # adam | adamw
-  train.learning_rate = 1e-3
-  train.warmup_steps = 100      # linear learning-rate warm-up (0: constant rate)
+  train.batch_size = 128        # global batch, split over all devices (must divide evenly)
+  train.optimizer = "adam"      # a name in `optim.OPTIMIZERS`
+  train.learning_rate = 1e-3    # peak learning rate
+  train.warmup_steps = 100      # linear learning-rate warm-up from 0 (0: none)
+  train.lr_schedule = "constant"  # after the warm-up: a name in `optim.LR_SCHEDULES`
+  train.end_lr_factor = 0.0     # cosine / linear decay: final rate = factor × peak
   train.weight_decay = 0.0      # adamw only
   train.grad_clip = 1.0         # global-norm clipping; 0 disables
   train.ema_decay = 0.999       # EMA decay; the warm-up min(decay, (1+n)/(10+n)) applies
@@ -64,19 +69,20 @@ def get_default_config() -> ml_collections.ConfigDict:
   train.checkpoint_every = 500
   train.keep_checkpoints = 2
   train.sample_every = 0        # PNG grid of EMA samples every N steps (0: only at the end)
-  train.label_dropout = 0.0     # classifier-free guidance training: p(cond -> null cond)
+  train.label_dropout = 0.0     # classifier-free guidance training: p(cond -> null cond), in [0, 1)
 
   config.sample = sample = ml_collections.ConfigDict()
-  sample.sampler = "ddim"       # ddpm | ddim | dpmpp_2m | ...
-  sample.num_steps = 100        # sampler steps K; None -> all T steps
-  sample.eta = 1.0              # DDIM stochasticity (0 deterministic, 1 = DDPM posterior variance)
-  sample.spacing = "trailing"   # linspace | leading | trailing | quadratic | logsnr
+  sample.sampler = "ddim"       # a name in `samplers.SAMPLERS`
+  sample.num_steps = 100        # sampler steps K in [1, T]; None -> all T steps
+  sample.eta = 1.0              # DDIM's η in [0, 1] (0 deterministic, 1 = DDPM posterior
+                                # variance); samplers without an η ignore it
+  sample.spacing = "trailing"   # the time grid: a name in `schedules.TIME_GRIDS`
   sample.clip_x0 = 1.0          # clip predicted x0 to [-c, c] (data lie in [-1, 1]); None disables
   sample.num_samples = 1000
-  sample.batch_size = 500
+  sample.batch_size = 500       # samples per sample_fn call (the samples do not depend on it)
   sample.grid_size = 100        # images in the PNG grid
   sample.labels = config_dict.placeholder(str)  # e.g. "3" or "0,1,2"; None balances classes
-  sample.guidance_scale = 1.0   # classifier-free guidance w (1 = plain conditional)
+  sample.guidance_scale = 1.0   # classifier-free guidance w (1 = plain conditional, 0 unconditional)
   sample.classifier_workdir = config_dict.placeholder(str)  # classifier guidance: a task=classifier run
   sample.classifier_scale = 1.0  # classifier guidance scale s
 
@@ -88,7 +94,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   # samples with DDIM (η = 0) on its grid (sample.num_steps/spacing unused).
   config.distill = distill = ml_collections.ConfigDict()
   distill.teacher_workdir = config_dict.placeholder(str)  # a trained task="diffusion" run
-  distill.base_num_steps = 64   # K0: the teacher's DDIM steps in round 0 (a power of two)
+  distill.base_num_steps = 64   # K0: the teacher's DDIM steps in round 0 (a power of two <= T)
   distill.base_spacing = "trailing"  # grid of the K0 steps (trailing keeps t = T-1 in every round)
   distill.steps_per_round = 1000
   distill.teacher_clip_x0 = 1.0  # clip the teacher's x̂_0 to the data range (None: off)
@@ -102,15 +108,15 @@ def get_default_config() -> ml_collections.ConfigDict:
   # consistency function is the DDIM jump of its (x̂_0, ε̂) to t = 0.
   config.consistency = cm = ml_collections.ConfigDict()
   cm.teacher_workdir = config_dict.placeholder(str)  # a trained task="diffusion" run; None: CT
-  cm.num_points = 18            # CD: grid points N (the paper's CIFAR-10 setting)
-  cm.solver = "heun"            # CD: the teacher's ODE step, euler (= DDIM) | heun
-  cm.metric = "l2"              # l2 | pseudo_huber (iCT)
-  cm.weighting = "uniform"      # uniform | inverse_gap (iCT: 1/(σ_{n+1} - σ_n))
-  cm.target_ema = 0.95          # CD: decay μ of the target network θ⁻
+  cm.num_points = 18            # CD: grid points N in [2, T] (the paper's CIFAR-10 setting)
+  cm.solver = "heun"            # CD: the teacher's ODE step, a name in `consistency.SOLVERS`
+  cm.metric = "l2"              # a name in `consistency.METRICS` (pseudo_huber: iCT)
+  cm.weighting = "uniform"      # a name in `consistency.WEIGHTINGS` (inverse_gap: iCT)
+  cm.target_ema = 0.95          # CD: decay μ in [0, 1) of the target network θ⁻
   cm.teacher_clip_x0 = 1.0      # CD: clip the teacher's x̂_0 (None: off)
   cm.ct_s0 = 2                  # CT curriculum: N(0) = s0 ...
-  cm.ct_s1 = 150                # ... N(end) = s1 + 1
-  cm.ct_mu0 = 0.9               # CT: μ(k) = exp(s0 log μ0 / N(k)); 0 = iCT's θ⁻ = θ
+  cm.ct_s1 = 150                # ... N(end) = s1 + 1, with 2 <= s0 <= s1 < T
+  cm.ct_mu0 = 0.9               # CT: μ(k) = exp(s0 log μ0 / N(k)), μ0 in [0, 1); 0 = iCT's θ⁻ = θ
   # The consistency sampler's grid as training indices, e.g. "499,999" (two
   # steps); None: one step from T-1.
   cm.sample_timesteps = config_dict.placeholder(str)

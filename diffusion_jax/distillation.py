@@ -40,8 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import process
-from diffusion_jax.samplers.ddim import ddim_step
-from diffusion_jax.schedules import Schedule
+from diffusion_jax._checks import ArgumentError, is_concrete
+from diffusion_jax.samplers.steps import exp_euler
+from diffusion_jax.schedules import Point, Schedule
 
 __all__ = ["check_base_grid", "num_rounds", "round_timesteps", "distillation_target",
            "sample_student_indices", "progressive_distillation_loss"]
@@ -56,8 +57,8 @@ def check_base_grid(base_timesteps, num_timesteps: int) -> np.ndarray:
   K0 = b.size
   if (b.ndim != 1 or not np.issubdtype(b.dtype, np.integer) or K0 < 2 or K0 & (K0 - 1)
       or np.any(np.diff(b) <= 0) or b.min() < 0 or b.max() > num_timesteps - 1):
-    raise ValueError(
-        f"base_timesteps must be a strictly increasing int array of training indices in "
+    raise ArgumentError(
+        "base_timesteps", f"base_timesteps must be a strictly increasing int array of training indices in "
         f"[0, {num_timesteps - 1}] whose length is a power of two >= 2; got "
         f"{b.tolist() if b.size <= 16 else f'{b.size} values'}.")
   return b.astype(np.int64)
@@ -69,12 +70,12 @@ def num_rounds(base_len: int) -> int:
 
 
 def _check_round(round_, base_len: int, low: int = 0) -> None:
-  if isinstance(round_, jax.core.Tracer):
+  if not is_concrete(round_):
     return
   r = np.asarray(round_)
   if (r.ndim or not np.issubdtype(r.dtype, np.integer)
       or not low <= int(r) < num_rounds(base_len)):
-    raise ValueError(f"round must be an integer in [{low}, {num_rounds(base_len) - 1}] for "
+    raise ArgumentError("round", f"round must be an integer in [{low}, {num_rounds(base_len) - 1}] for "
                      f"a base grid of {base_len} steps; got {round_!r}.")
 
 
@@ -93,8 +94,14 @@ def distillation_target(z_t, z_next, alpha_bar_t, alpha_bar_next):
   """x̃ of Salimans & Ho 2022, Algorithm 2: the x̂_0 that makes one DDIM step
   z_t → z_next exact. z_t, z_next [B, ...]; ᾱ's broadcastable ([B, 1, ...]).
   For ᾱ_next = 1 (clean data) x̃ = z_next."""
-  ratio = jnp.sqrt(1.0 - alpha_bar_next) / jnp.sqrt(1.0 - alpha_bar_t)
-  return (z_next - ratio * z_t) / (jnp.sqrt(alpha_bar_next) - ratio * jnp.sqrt(alpha_bar_t))
+  point_of = lambda ab: Point(jnp.sqrt(ab), jnp.sqrt(1.0 - ab), None)
+  return _target(z_t, z_next, point_of(alpha_bar_t), point_of(alpha_bar_next))
+
+
+def _target(z_t, z_next, frm: Point, to: Point):
+  """x̃ = (z_next - (σ_next/σ_t) z_t) / (α_next - (σ_next/σ_t) α_t)."""
+  ratio = to.sigma / frm.sigma
+  return (z_next - ratio * z_t) / (to.alpha - ratio * frm.alpha)
 
 
 def _student_count(base_len: int, round_):
@@ -136,8 +143,8 @@ def progressive_distillation_loss(denoiser: Denoiser, teacher: Denoiser, schedul
   """
   base = check_base_grid(base_timesteps, schedule.num_timesteps)
   teacher_prediction = prediction if teacher_prediction is None else teacher_prediction
-  process.check_prediction(prediction)
-  process.check_prediction(teacher_prediction)
+  process.check_prediction(prediction, schedule)
+  process.check_prediction(teacher_prediction, schedule)
   _check_round(round_, base.size)
   r = jnp.asarray(round_, jnp.int32)
   valid = ((r >= 0) & (r < num_rounds(base.size))
@@ -145,22 +152,24 @@ def progressive_distillation_loss(denoiser: Denoiser, teacher: Denoiser, schedul
   half = jnp.left_shift(jnp.int32(1), r)          # the teacher's stride 2^r
   k_t = (j + 1) * 2 * half - 1                     # base-grid indices
   k_mid, k_next = k_t - half, k_t - 2 * half       # k_next = -1: clean data
-  b = jnp.asarray(base, jnp.int32)
-  t, t_mid = b[k_t], b[k_mid]
-  ab_next_all = jnp.concatenate([jnp.ones((1,), jnp.float32), schedule.alphas_cumprod[b]])
-  ab = lambda a, k, x: process.extract(a, k, x, offset=1, name="grid index")
+  # Base-grid index k -> training index, with k = -1 -> -1 (clean data); a
+  # traced k out of range gathers T, whose noise level is NaN.
+  b = jnp.concatenate([jnp.array([-1], jnp.int32), jnp.asarray(base, jnp.int32)])
+  index = lambda k: b.at[k + 1].get(mode="fill", fill_value=schedule.num_timesteps)
+  t, t_mid, t_next = index(k_t), index(k_mid), index(k_next)
+  level = lambda idx, x: process.coefficients(schedule, idx, x, name="grid index", clean=True)
 
   z_t = process.q_sample(schedule, x0, t, noise)
 
-  def teacher_step(z, t_now, k_to):
-    out, _ = process.split_model_output(jnp.asarray(teacher(z, t_now), z.dtype), variance)
-    x0_hat, eps_hat = process.denoise(schedule, out, z, t_now, prediction=teacher_prediction,
-                                      clip_x0=teacher_clip_x0)
-    return ddim_step(x0_hat, eps_hat, ab(ab_next_all, k_to, z))
+  def teacher_step(z, t_now, t_to):
+    c = level(t_now, z)
+    d = process.denoise_output(teacher(z, t_now), z, c.alpha, c.sigma,
+                               prediction=teacher_prediction, variance=variance,
+                               clip_x0=teacher_clip_x0)
+    return exp_euler(d.x0, d.eps, level(t_to, z))
 
-  z_next = teacher_step(teacher_step(z_t, t, k_mid), t_mid, k_next)
-  target = jax.lax.stop_gradient(distillation_target(
-      z_t, z_next, ab(ab_next_all, k_t, z_t), ab(ab_next_all, k_next, z_t)))
+  z_next = teacher_step(teacher_step(z_t, t, t_mid), t_mid, t_next)
+  target = jax.lax.stop_gradient(_target(z_t, z_next, level(t, z_t), level(t_next, z_t)))
   out, _ = process.split_model_output(jnp.asarray(denoiser(z_t, t), z_t.dtype), variance)
   x0_hat, _ = process.model_output_to_x0_eps(schedule, out, z_t, t, prediction)
   mse = jnp.mean((target - x0_hat) ** 2, axis=tuple(range(1, x0.ndim)))

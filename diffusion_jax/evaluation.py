@@ -10,8 +10,8 @@
 
 Example::
 
-  train_x, train_y = pipeline.load_images("digits", "train")
-  test_x, _ = pipeline.load_images("digits", "test")
+  train_x, train_y = sources.load_split(config.data, "train")
+  test_x, _ = sources.load_split(config.data, "test")
   clf = train_eval_classifier(train_x, train_y, seed=0)
   report = sample_quality_report(samples, clf, train_x, test_x)
 """

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax import process
+from diffusion_jax._checks import check_choice
 from diffusion_jax.schedules import Schedule
 
 __all__ = ["classifier_free_guidance", "classifier_guidance", "null_label",
@@ -82,8 +83,7 @@ def classifier_free_guidance(model_fn: ModelFn, *,
   Returns `guided(params, x_t, t, cond)`; `cond["guidance_scale"]` (scalar or
   [B], default 1) is w.
   """
-  process.check_variance(variance)
-  learned = variance in ("learned", "learned_range")
+  learned = process.is_learned_variance(variance)
 
   def guided(params, x_t, t, cond):
     w = _per_example(cond.get("guidance_scale", 1.0), x_t)
@@ -97,16 +97,6 @@ def classifier_free_guidance(model_fn: ModelFn, *,
     return jnp.concatenate([_mix(mc, mu, w), vc], axis=-1)
 
   return guided
-
-
-def _eps_per_output(schedule: Schedule, i, x_t, prediction: str):
-  """b in ε = a x_t + b · output, for the model's parameterization, [B, 1, ...]."""
-  if prediction == "eps":
-    return jnp.ones((x_t.shape[0],) + (1,) * (x_t.ndim - 1), x_t.dtype)
-  sqrt_ab = process.extract(schedule.sqrt_alphas_cumprod, i, x_t)
-  if prediction == "v":
-    return sqrt_ab
-  return -sqrt_ab / process.extract(schedule.sqrt_one_minus_alphas_cumprod, i, x_t)
 
 
 def classifier_guidance(model_fn: ModelFn, classifier_fn: ClassifierFn,
@@ -127,8 +117,8 @@ def classifier_guidance(model_fn: ModelFn, classifier_fn: ClassifierFn,
   """
   process.check_prediction(prediction)
   process.check_variance(variance)
-  if mode not in _MODES:
-    raise ValueError(f"Unknown mode {mode!r}; known modes: {list(_MODES)}.")
+  check_choice("mode", mode, _MODES)
+  parameterization = process.PREDICTIONS[prediction]
 
   def guided(params, x_t, t, cond):
     s = _per_example(cond.get("classifier_scale", 1.0), x_t)
@@ -136,14 +126,15 @@ def classifier_guidance(model_fn: ModelFn, classifier_fn: ClassifierFn,
     i = jnp.searchsorted(schedule.timesteps, t).astype(jnp.int32)
     grad = grad_log_prob(classifier_fn, params["classifier"], x_t, t, cond["label"])
     main, var_out = process.split_model_output(out, variance)
+    c = process.coefficients(schedule, i, x_t)
     if mode == "eps":
-      d_eps = -s * process.extract(schedule.sqrt_one_minus_alphas_cumprod, i, x_t) * grad
+      d_eps = -s * c.sigma * grad
     else:
       sigma2, _ = process.p_variance(schedule, var_out, i, x_t, variance)
       coef1 = process.extract(schedule.posterior_mean_coef1, i, x_t)
-      dx0_deps = -process.extract(schedule.sqrt_recipm1_alphas_cumprod, i, x_t)
+      dx0_deps = -c.sigma / c.alpha                # ∂x̂_0/∂ε̂ at fixed x_t
       d_eps = s * sigma2 * grad / (coef1 * dx0_deps)
-    main = main + d_eps / _eps_per_output(schedule, i, x_t, prediction)
+    main = main + d_eps / parameterization.eps_per_output(c.alpha, c.sigma)
     return main if var_out is None else jnp.concatenate([main, var_out], axis=-1)
 
   return guided

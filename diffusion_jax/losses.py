@@ -23,11 +23,12 @@ import jax.numpy as jnp
 from jax.scipy.special import log_ndtr
 
 from diffusion_jax import process
+from diffusion_jax._checks import ArgumentError, check_choice, check_int, check_number
 from diffusion_jax.schedules import Schedule
 
 __all__ = [
     "LOSS_TYPES", "WEIGHTINGS", "normal_kl", "discretized_gaussian_log_likelihood",
-    "prior_bpd", "vlb_terms", "sample_timesteps", "loss_weight",
+    "prior_bpd", "vlb_terms", "sample_timesteps", "loss_weight", "check_loss_settings",
     "training_losses", "bits_per_dim",
 ]
 
@@ -123,21 +124,33 @@ def loss_weight(schedule: Schedule, t, x, *, prediction: str, weighting: str,
   """Per-example weight [B, 1, ...] of the squared error in `prediction` space.
 
   "min_snr" (Hang et al. 2023) gives every parameterization the effective
-  x0-space weight min(SNR_t, γ): the eps loss is weighted by min(SNR, γ)/SNR,
-  the x0 loss by min(SNR, γ), the v loss by min(SNR, γ)/(SNR + 1).
+  x0-space weight min(SNR_t, γ) (`process.PREDICTIONS[...].min_snr_weight`):
+  the eps loss is weighted by min(SNR, γ)/SNR, the x0 loss by min(SNR, γ),
+  the v loss by min(SNR, γ)/(SNR + 1).
   """
-  process.check_prediction(prediction)
-  if weighting not in WEIGHTINGS:
-    raise ValueError(f"Unknown weighting {weighting!r}; known weightings: {list(WEIGHTINGS)}.")
+  check_loss_settings(prediction=prediction, weighting=weighting, min_snr_gamma=min_snr_gamma)
   if weighting == "none":
     return jnp.ones((x.shape[0],) + (1,) * (x.ndim - 1), x.dtype)
-  if not min_snr_gamma > 0:
-    raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma!r}.")
   snr = process.extract(schedule.snr, t, x)
-  clipped = jnp.minimum(snr, min_snr_gamma)
-  if prediction == "eps":  # min(SNR, γ)/SNR -> 1 as SNR -> 0 (zero-SNR end).
-    return jnp.where(snr > 0, clipped / jnp.where(snr > 0, snr, 1.0), 1.0)
-  return clipped if prediction == "x0" else clipped / (snr + 1.0)
+  return process.PREDICTIONS[prediction].min_snr_weight(snr, min_snr_gamma)
+
+
+def check_loss_settings(*, prediction: str = "eps", variance: str = "fixed_small",
+                        loss_type: str = "simple", weighting: str = "none",
+                        min_snr_gamma: float = 5.0, vlb_weight: float = 1e-3) -> None:
+  """The rules of `training_losses`' settings (each raises an ArgumentError
+  naming its argument): known names, "hybrid" needs a learned variance,
+  min_snr_gamma > 0 and vlb_weight >= 0."""
+  process.check_prediction(prediction)
+  process.check_variance(variance)
+  check_choice("loss_type", loss_type, LOSS_TYPES)
+  check_choice("weighting", weighting, WEIGHTINGS)
+  check_number("min_snr_gamma", min_snr_gamma, 0.0, low_open=True)
+  check_number("vlb_weight", vlb_weight, 0.0)
+  if loss_type == "hybrid" and not process.is_learned_variance(variance):
+    learned = [v for v, e in process.VARIANCES.items() if e.learned]
+    raise ArgumentError("loss_type", f"loss_type='hybrid' needs a learned variance {learned}, "
+                                     f"got variance={variance!r}.")
 
 
 def training_losses(schedule: Schedule, denoiser: Denoiser, x0, t, noise, *,
@@ -147,28 +160,20 @@ def training_losses(schedule: Schedule, denoiser: Denoiser, x0, t, noise, *,
   """Per-example losses for x0 [B, ...] at timesteps t [B] with noise ε [B, ...].
 
   * "simple": ‖target - output‖² averaged over dimensions (DDPM Eq. (14)),
-    target ε, x0 or v, optionally weighted (`loss_weight`).
+    target ε, x0 or v (`process.regression_target`), optionally weighted
+    (`loss_weight`).
   * "hybrid": simple + λ T L_t with λ = `vlb_weight`, the single-t estimate of
     λ L_vlb (IDDPM §3.1); the mean is under stop-gradient in the VLB term, so
     only the variance head learns from it. Needs a learned variance.
   * "vlb": T L_t alone (the variational bound, gradients through everything).
   Returns a dict of [B] arrays: "loss", "mse", and "vb" (bits/dim) when used.
   """
-  process.check_prediction(prediction)
-  process.check_variance(variance)
-  if loss_type not in LOSS_TYPES:
-    raise ValueError(f"Unknown loss_type {loss_type!r}; known loss types: {list(LOSS_TYPES)}.")
-  learned = variance in ("learned", "learned_range")
-  if loss_type == "hybrid" and not learned:
-    raise ValueError(
-        f"loss_type='hybrid' needs variance 'learned' or 'learned_range', got {variance!r}.")
+  check_loss_settings(prediction=prediction, variance=variance, loss_type=loss_type,
+                      weighting=weighting, min_snr_gamma=min_snr_gamma, vlb_weight=vlb_weight)
   x_t = process.q_sample(schedule, x0, t, noise)
   output = denoiser(x_t, schedule.timesteps[t])
   out, var_out = process.split_model_output(output, variance)
-  if prediction == "v":
-    target = process.get_v(schedule, x0, noise, t)
-  else:
-    target = noise if prediction == "eps" else x0
+  target = process.regression_target(schedule, x0, noise, t, prediction)
   w = loss_weight(schedule, t, x0, prediction=prediction, weighting=weighting,
                   min_snr_gamma=min_snr_gamma)
   mse = _mean_flat(w * (target - jnp.asarray(out, x0.dtype)) ** 2)
@@ -199,8 +204,7 @@ def bits_per_dim(schedule: Schedule, denoiser: Denoiser, x0, rng, *,
   whatever T is. The noise for term t is drawn from fold_in(rng, t).
   Returns a dict: "total_bpd" [B], "prior_bpd" [B], "vb" [B, T] (bits/dim).
   """
-  if not isinstance(chunk_size, int) or chunk_size < 1:
-    raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}.")
+  check_int("chunk_size", chunk_size, 1)
   B, T = x0.shape[0], schedule.num_timesteps
 
   def term(t_scalar):

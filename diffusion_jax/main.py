@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffusion_jax.train import NonFiniteError
+from diffusion_jax.errors import UserError
 
 MODES = ("train", "sample", "eval", "describe")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -26,8 +26,8 @@ flags.DEFINE_enum("mode", "train", MODES, "What to run.")
 FLAGS = flags.FLAGS
 
 
-class UsageError(ValueError):
-  pass
+class UsageError(UserError):
+  """A command-line mistake (a missing flag, an unloadable config file)."""
 
 
 def _fail(message: str) -> None:
@@ -95,10 +95,8 @@ def run() -> None:
   try:
     _preflight(sys.argv)
     app.run(main)
-  except ValueError as e:  # Config and input errors: one message, exit 2.
-    _fail(str(e))
-  except NonFiniteError as e:
-    _fail(str(e))
+  except UserError as e:  # Config and input errors: one message, exit 2. Bugs keep
+    _fail(str(e))         # their traceback.
 
 
 if __name__ == "__main__":

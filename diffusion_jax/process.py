@@ -16,44 +16,92 @@ Equations (DDPM = Ho et al. 2020, IDDPM = Nichol & Dhariwal 2021):
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.schedules import Schedule
+from diffusion_jax._checks import ArgumentError, check_choice, check_number, is_concrete
+from diffusion_jax.schedules import Point, Schedule, point
 
 __all__ = [
-    "PREDICTIONS", "VARIANCES", "check_prediction", "check_variance",
-    "extract", "q_mean_variance", "q_sample", "q_posterior_mean_variance",
+    "PREDICTIONS", "VARIANCES", "Parameterization", "Variance", "Denoised",
+    "check_prediction", "check_variance", "is_learned_variance",
+    "extract", "coefficients", "q_mean_variance", "q_sample", "q_posterior_mean_variance",
     "posterior_coefficients", "q_posterior_general", "predict_x0_from_eps",
     "predict_eps_from_x0", "predict_x0_from_v", "predict_eps_from_v", "get_v",
-    "score_from_eps", "eps_from_score", "model_output_to_x0_eps",
-    "threshold_x0", "denoise", "split_model_output", "p_variance",
-    "PMeanVariance", "p_mean_variance", "p_sample",
+    "score_from_eps", "eps_from_score", "model_output_to_x0_eps", "regression_target",
+    "threshold_x0", "denoise_output", "denoise", "split_model_output", "p_variance",
+    "PMeanVariance", "p_mean_variance",
 ]
 
-PREDICTIONS = ("eps", "x0", "v")
-VARIANCES = ("fixed_small", "fixed_large", "learned", "learned_range")
+
+# ----------------------------------------------------------------------------
+# The parameterization table: everything that depends on what the network
+# predicts. α and σ are the noise level of x_t = α x_0 + σ ε (here α = √ᾱ_t,
+# σ = √(1-ᾱ_t), so α² + σ² = 1), broadcastable against x_t ([B, 1, ...]).
+# Adding a prediction type is one entry.
+# ----------------------------------------------------------------------------
 
 
-def check_prediction(prediction: str) -> str:
-  if prediction not in PREDICTIONS:
-    raise ValueError(
-        f"Unknown prediction {prediction!r}; known predictions: {list(PREDICTIONS)}.")
+class Parameterization(NamedTuple):
+  """What the model output means, as pure functions of (α, σ)."""
+  # (output, x_t, α, σ) -> (x̂_0, ε̂) with x_t = α x̂_0 + σ ε̂.
+  to_x0_eps: Callable
+  # (x_0, ε, α, σ) -> the output's regression target (L_simple).
+  target: Callable
+  # (α, σ) -> b in ε̂ = a x_t + b · output at fixed x_t: how a shift of ε̂
+  # (guidance) moves the output, Δoutput = Δε̂ / b.
+  eps_per_output: Callable
+  # (SNR, γ) -> the weight of the output-space squared error that gives every
+  # parameterization the x̂_0-space weight min(SNR, γ) (Hang et al. 2023).
+  min_snr_weight: Callable
+  # Whether x̂_0 is defined at α = 0 (the last index of a zero-terminal-SNR
+  # schedule, Lin et al. 2024).
+  defined_at_zero_snr: bool
+
+
+def _eps_min_snr(snr, gamma):  # min(SNR, γ)/SNR -> 1 as SNR -> 0 (zero-SNR end).
+  return jnp.where(snr > 0, jnp.minimum(snr, gamma) / jnp.where(snr > 0, snr, 1.0), 1.0)
+
+
+PREDICTIONS: dict[str, Parameterization] = {
+    # ε prediction, DDPM Eq. (11)/(15): x̂_0 = (x_t - σ ε̂)/α.
+    "eps": Parameterization(
+        to_x0_eps=lambda out, x, a, s: ((x - s * out) / a, out),
+        target=lambda x0, eps, a, s: eps,
+        eps_per_output=lambda a, s: jnp.ones_like(a),
+        min_snr_weight=_eps_min_snr,
+        defined_at_zero_snr=False),
+    # x_0 prediction: ε̂ = (x_t - α x̂_0)/σ.
+    "x0": Parameterization(
+        to_x0_eps=lambda out, x, a, s: (out, (x - a * out) / s),
+        target=lambda x0, eps, a, s: x0,
+        eps_per_output=lambda a, s: -a / s,
+        min_snr_weight=lambda snr, gamma: jnp.minimum(snr, gamma),
+        defined_at_zero_snr=True),
+    # v = α ε - σ x_0 (Salimans & Ho 2022, §4): x̂_0 = α x_t - σ v, ε̂ = σ x_t + α v.
+    "v": Parameterization(
+        to_x0_eps=lambda out, x, a, s: (a * x - s * out, s * x + a * out),
+        target=lambda x0, eps, a, s: a * eps - s * x0,
+        eps_per_output=lambda a, s: a,
+        min_snr_weight=lambda snr, gamma: jnp.minimum(snr, gamma) / (snr + 1.0),
+        defined_at_zero_snr=True),
+}
+
+
+def check_prediction(prediction: str, schedule: Schedule | None = None) -> str:
+  """A name in `PREDICTIONS`; with a zero-terminal-SNR `schedule`, one whose
+  x̂_0 is defined at ᾱ = 0 ("v" or "x0", not "eps")."""
+  check_choice("prediction", prediction, PREDICTIONS)
+  if (schedule is not None and schedule.zero_terminal_snr
+      and not PREDICTIONS[prediction].defined_at_zero_snr):
+    usable = [p for p, e in PREDICTIONS.items() if e.defined_at_zero_snr]
+    raise ArgumentError(
+        "prediction", f"prediction={prediction!r} cannot recover x0 at the last step of a "
+        f"zero-terminal-SNR schedule (ᾱ = 0); use a prediction in {usable}.")
   return prediction
-
-
-def check_variance(variance: str) -> str:
-  if variance not in VARIANCES:
-    raise ValueError(
-        f"Unknown variance {variance!r}; known variances: {list(VARIANCES)}.")
-  return variance
-
-
-def _is_concrete(a) -> bool:
-  return not isinstance(a, jax.core.Tracer)
 
 
 def _check_same_shape(**arrays) -> None:
@@ -71,25 +119,50 @@ def extract(arr: jnp.ndarray, t: jnp.ndarray, x: jnp.ndarray,
   instead of being silently clamped, so an out-of-range index is never quiet.
   `name` is the argument's name in error messages.
   """
-  t = jnp.asarray(t)
-  if t.ndim != 1 or x.ndim < 1 or t.shape[0] != x.shape[0]:
-    raise ValueError(
-        f"{name} must be an int array of shape [B] = ({x.shape[0] if x.ndim else '?'},) "
-        f"matching x of shape {x.shape}; got {name} of shape {t.shape}.")
-  if not jnp.issubdtype(t.dtype, jnp.integer):
-    raise ValueError(f"{name} must be an integer array of timestep indices, got {t.dtype}.")
+  t = _check_index(t, x, name)
   n = arr.shape[0] - offset
-  if _is_concrete(t):
+  if is_concrete(t):
     t_np = np.asarray(t)
     if t_np.size and (t_np.min() < -offset or t_np.max() >= n):
-      raise ValueError(
-          f"{name} must lie in [{-offset}, {n - 1}] for this schedule (T = {n}); got "
+      raise ArgumentError(
+          name, f"{name} must lie in [{-offset}, {n - 1}] for this schedule (T = {n}); got "
           f"values in [{t_np.min()}, {t_np.max()}].")
   # wrap_negative_indices=False: a traced negative index must fill NaN too,
   # not wrap around to the end of the schedule.
   vals = arr.at[t + offset].get(mode="fill", fill_value=jnp.nan,
                                 wrap_negative_indices=False)
   return vals.reshape((x.shape[0],) + (1,) * (x.ndim - 1)).astype(x.dtype)
+
+
+def _check_index(t, x, name: str):
+  t = jnp.asarray(t)
+  if t.ndim != 1 or x.ndim < 1 or t.shape[0] != x.shape[0]:
+    raise ArgumentError(
+        name, f"{name} must be an int array of shape [B] = ({x.shape[0] if x.ndim else '?'},) "
+        f"matching x of shape {x.shape}; got {name} of shape {t.shape}.")
+  if not jnp.issubdtype(t.dtype, jnp.integer):
+    raise ArgumentError(name, f"{name} must be an integer array of timestep indices, got "
+                              f"{t.dtype}.")
+  return t
+
+
+def coefficients(schedule: Schedule, t, x, *, name: str = "t", clean: bool = False) -> Point:
+  """α, σ, λ at indices t [B], each [B, 1, ..., 1] in x's dtype to broadcast
+  against x [B, ...] (`schedules.point`). t lies in [0, T-1], or in [-1, T-1]
+  with `clean` (-1 = clean data: α = 1, σ = 0); a concrete t outside raises,
+  a traced one gives NaN. `name` is the index's name in error messages."""
+  t = _check_index(t, x, name)
+  if is_concrete(t) and t.size:
+    T, low = schedule.num_timesteps, -1 if clean else 0
+    t_np = np.asarray(t)
+    if t_np.min() < low or t_np.max() > T - 1:
+      raise ArgumentError(name, f"{name} must lie in [{low}, {T - 1}] for this schedule (T = "
+                                f"{T}); got values in [{t_np.min()}, {t_np.max()}].")
+  if not clean:  # A traced t = -1 must give NaN too, not clean data.
+    t = jnp.where(t < 0, schedule.num_timesteps, t)
+  p = point(schedule, t)
+  shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+  return Point(*(c.reshape(shape).astype(x.dtype) for c in p))
 
 
 # ----------------------------------------------------------------------------
@@ -102,18 +175,17 @@ def q_mean_variance(schedule: Schedule, x0, t):
 
   Returns (mean [B, ...], variance [B, 1, ...], log_variance [B, 1, ...]).
   """
-  mean = extract(schedule.sqrt_alphas_cumprod, t, x0) * x0
-  # (√(1-ᾱ))², not 1 - ᾱ: the float32 ᾱ ≈ 1 at small t loses 1-ᾱ's digits.
-  var = extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0) ** 2
+  c = coefficients(schedule, t, x0)
+  # σ², not 1 - ᾱ: the float32 ᾱ ≈ 1 at small t loses 1-ᾱ's digits.
   log_var = extract(schedule.log_one_minus_alphas_cumprod, t, x0)
-  return mean, var, log_var
+  return c.alpha * x0, c.sigma ** 2, log_var
 
 
 def q_sample(schedule: Schedule, x0, t, noise):
   """Draws x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε, DDPM Eq. (4). Shapes [B, ...]."""
   _check_same_shape(x0=x0, noise=noise)
-  return (extract(schedule.sqrt_alphas_cumprod, t, x0) * x0
-          + extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+  c = coefficients(schedule, t, x0)
+  return c.alpha * x0 + c.sigma * noise
 
 
 # ----------------------------------------------------------------------------
@@ -171,16 +243,11 @@ def q_posterior_general(schedule: Schedule, x0, x_t, t, s):
   `q_posterior_mean_variance`.
   """
   _check_same_shape(x0=x0, x_t=x_t)
-  ac_ext = jnp.concatenate([jnp.ones((1,), jnp.float32), schedule.alphas_cumprod])
-  om_ext = jnp.concatenate([jnp.zeros((1,), jnp.float32),
-                            schedule.sqrt_one_minus_alphas_cumprod ** 2])
-  ab_s = extract(ac_ext, s, x_t, offset=1, name="s")
-  ab_t = extract(schedule.alphas_cumprod, t, x_t)
-  om_s = extract(om_ext, s, x_t, offset=1, name="s")
-  om_t = extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) ** 2
+  c_s, c_t = coefficients(schedule, s, x_t, name="s", clean=True), coefficients(schedule, t, x_t)
+  ab_s, ab_t, om_s, om_t = c_s.alpha ** 2, c_t.alpha ** 2, c_s.sigma ** 2, c_t.sigma ** 2
   # After the shape checks in `extract`, so that s and t broadcast here.
-  if _is_concrete(s) and _is_concrete(t) and np.any(np.asarray(s) >= np.asarray(t)):
-    raise ValueError(f"s must be < t elementwise; got s={s} and t={t}.")
+  if is_concrete(s) and is_concrete(t) and np.any(np.asarray(s) >= np.asarray(t)):
+    raise ArgumentError("s", f"s must be < t elementwise; got s={s} and t={t}.")
   c0, ct, var = posterior_coefficients(ab_s, ab_t, om_s, om_t)
   return c0 * x0 + ct * x_t, var
 
@@ -190,64 +257,65 @@ def q_posterior_general(schedule: Schedule, x0, x_t, t, s):
 # ----------------------------------------------------------------------------
 
 
+def _convert(prediction: str, which: int, schedule: Schedule, x_t, t, output):
+  c = coefficients(schedule, t, x_t)
+  return PREDICTIONS[prediction].to_x0_eps(output, x_t, c.alpha, c.sigma)[which]
+
+
 def predict_x0_from_eps(schedule: Schedule, x_t, t, eps):
-  """x_0 = x_t/√ᾱ_t - √(1/ᾱ_t - 1) ε, DDPM Eq. (15)."""
-  return (extract(schedule.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-          - extract(schedule.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
+  """x_0 = (x_t - √(1-ᾱ_t) ε)/√ᾱ_t, DDPM Eq. (15)."""
+  return _convert("eps", 0, schedule, x_t, t, eps)
 
 
 def predict_eps_from_x0(schedule: Schedule, x_t, t, x0):
   """ε = (x_t - √ᾱ_t x_0)/√(1-ᾱ_t)."""
-  return ((x_t - extract(schedule.sqrt_alphas_cumprod, t, x_t) * x0)
-          / extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t))
+  return _convert("x0", 1, schedule, x_t, t, x0)
 
 
 def get_v(schedule: Schedule, x0, eps, t):
   """v = √ᾱ_t ε - √(1-ᾱ_t) x_0, Salimans & Ho 2022 §4."""
-  return (extract(schedule.sqrt_alphas_cumprod, t, x0) * eps
-          - extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
+  return regression_target(schedule, x0, eps, t, "v")
 
 
 def predict_x0_from_v(schedule: Schedule, x_t, t, v):
   """x_0 = √ᾱ_t x_t - √(1-ᾱ_t) v."""
-  return (extract(schedule.sqrt_alphas_cumprod, t, x_t) * x_t
-          - extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * v)
+  return _convert("v", 0, schedule, x_t, t, v)
 
 
 def predict_eps_from_v(schedule: Schedule, x_t, t, v):
   """ε = √(1-ᾱ_t) x_t + √ᾱ_t v."""
-  return (extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
-          + extract(schedule.sqrt_alphas_cumprod, t, x_t) * v)
+  return _convert("v", 1, schedule, x_t, t, v)
 
 
 def score_from_eps(schedule: Schedule, eps, t):
   """∇_x log q(x_t) = -ε/√(1-ᾱ_t) (Song et al. 2021, Eq. (9) for VP)."""
-  return -eps / extract(schedule.sqrt_one_minus_alphas_cumprod, t, eps)
+  return -eps / coefficients(schedule, t, eps).sigma
 
 
 def eps_from_score(schedule: Schedule, score, t):
   """ε = -√(1-ᾱ_t) ∇_x log q(x_t)."""
-  return -score * extract(schedule.sqrt_one_minus_alphas_cumprod, t, score)
+  return -score * coefficients(schedule, t, score).sigma
 
 
 def model_output_to_x0_eps(schedule: Schedule, output, x_t, t, prediction: str):
   """Converts a model output of the given prediction type to (x0_hat, eps_hat).
 
   The output is cast to x_t's dtype, so bf16 models keep float32 sampler state.
+  Shapes: output, x_t [B, ...]; t int32 [B].
   """
-  check_prediction(prediction)
+  check_prediction(prediction, schedule)
   _check_same_shape(output=output, x_t=x_t)
-  if schedule.zero_terminal_snr and prediction == "eps":
-    raise ValueError(
-        "prediction='eps' cannot recover x0 at the last step of a zero-terminal-"
-        "SNR schedule (ᾱ = 0); use prediction 'v' or 'x0'.")
-  output = jnp.asarray(output, x_t.dtype)
-  if prediction == "eps":
-    return predict_x0_from_eps(schedule, x_t, t, output), output
-  if prediction == "x0":
-    return output, predict_eps_from_x0(schedule, x_t, t, output)
-  return (predict_x0_from_v(schedule, x_t, t, output),
-          predict_eps_from_v(schedule, x_t, t, output))
+  c = coefficients(schedule, t, x_t)
+  return PREDICTIONS[prediction].to_x0_eps(jnp.asarray(output, x_t.dtype), x_t, c.alpha,
+                                           c.sigma)
+
+
+def regression_target(schedule: Schedule, x0, eps, t, prediction: str):
+  """The target of a `prediction`-type output for x_t = α x0 + σ ε: ε, x0 or
+  v = α ε - σ x0. Shapes [B, ...]; t int32 [B]."""
+  check_prediction(prediction)
+  c = coefficients(schedule, t, x0)
+  return PREDICTIONS[prediction].target(x0, eps, c.alpha, c.sigma)
 
 
 def threshold_x0(x0, clip_x0: float | None = None,
@@ -260,34 +328,67 @@ def threshold_x0(x0, clip_x0: float | None = None,
       §2.3): per sample, s = max(quantile_p(|x0|), clip_x0 or 1), then
       x0 = clip(x0, -s, s) * (clip_x0 or 1) / s.
   """
+  check_thresholds(clip_x0, dynamic_threshold)
   if dynamic_threshold is not None:
-    if not 0.0 < dynamic_threshold < 1.0:
-      raise ValueError(f"dynamic_threshold must be in (0, 1), got {dynamic_threshold!r}.")
     bound = 1.0 if clip_x0 is None else clip_x0
     flat = jnp.abs(x0.reshape(x0.shape[0], -1))
     s = jnp.maximum(jnp.quantile(flat, dynamic_threshold, axis=1), bound)
     s = s.reshape((-1,) + (1,) * (x0.ndim - 1))
     return jnp.clip(x0, -s, s) * (bound / s)
   if clip_x0 is not None:
-    if not clip_x0 > 0:
-      raise ValueError(f"clip_x0 must be > 0 or None, got {clip_x0!r}.")
     return jnp.clip(x0, -clip_x0, clip_x0)
   return x0
 
 
+def check_thresholds(clip_x0, dynamic_threshold) -> None:
+  """clip_x0: None or > 0; dynamic_threshold: None or a percentile in (0, 1)."""
+  check_number("clip_x0", clip_x0, 0.0, low_open=True, optional=True)
+  check_number("dynamic_threshold", dynamic_threshold, 0.0, 1.0, low_open=True,
+               high_open=True, optional=True)
+
+
+class Denoised(NamedTuple):
+  """What the model says about x_t (all in x_t's dtype)."""
+  x0: jax.Array                    # [B, ...] x̂_0, clipped/thresholded if asked
+  eps: jax.Array                   # [B, ...] ε̂, with x_t = α x̂_0 + σ ε̂
+  var_output: Optional[jax.Array]  # [B, ...] variance channels (learned variances) or None
+
+
+def denoise_output(output, x_t, alpha, sigma, *, prediction: str = "eps",
+                   variance: str = "fixed_small", clip_x0: float | None = None,
+                   dynamic_threshold: float | None = None) -> Denoised:
+  """The one adapter from a raw model output to (x̂_0, ε̂).
+
+  Used by the samplers, the distillation and consistency teachers and the
+  losses: casts the output to x_t's dtype (float32 state for bf16 models),
+  splits off the variance channels of a learned variance, converts with the
+  `PREDICTIONS` entry and clips / thresholds x̂_0 (`threshold_x0`); when x̂_0
+  is clipped, ε̂ is recomputed from it so that x_t = α x̂_0 + σ ε̂ still holds.
+  Args:
+    output: [B, ..., C] ([..., 2C] for learned variances), any float dtype.
+    x_t: [B, ..., C]; alpha, sigma: the noise level, broadcastable to x_t.
+  """
+  out, var_out = split_model_output(jnp.asarray(output).astype(x_t.dtype), variance)
+  _check_same_shape(output=out, x_t=x_t)
+  x0, eps = PREDICTIONS[check_prediction(prediction)].to_x0_eps(out, x_t, alpha, sigma)
+  if clip_x0 is not None or dynamic_threshold is not None:
+    x0 = threshold_x0(x0, clip_x0, dynamic_threshold)
+    eps = (x_t - alpha * x0) / sigma
+  return Denoised(x0, eps, var_out)
+
+
 def denoise(schedule: Schedule, output, x_t, t, *, prediction: str = "eps",
             clip_x0: float | None = None, dynamic_threshold: float | None = None):
-  """Model output → (x0_hat, eps_hat), with optional x0 clipping / thresholding.
+  """Model output → (x0_hat, eps_hat) at training indices t, with optional x0
+  clipping / thresholding (`denoise_output`, eps recomputed after clipping).
 
-  When x0 is clipped, eps is recomputed from the clipped x0 so that the pair
-  stays consistent with x_t (x_t = √ᾱ x0_hat + √(1-ᾱ) eps_hat).
-  Shapes: output, x_t [B, ...]; t int32 [B].
+  Shapes: output, x_t [B, ...]; t int32 [B]. Returns (x0_hat, eps_hat).
   """
-  x0_hat, eps_hat = model_output_to_x0_eps(schedule, output, x_t, t, prediction)
-  if clip_x0 is None and dynamic_threshold is None:
-    return x0_hat, eps_hat
-  x0_hat = threshold_x0(x0_hat, clip_x0, dynamic_threshold)
-  return x0_hat, predict_eps_from_x0(schedule, x_t, t, x0_hat)
+  check_prediction(prediction, schedule)
+  c = coefficients(schedule, t, x_t)
+  d = denoise_output(output, x_t, c.alpha, c.sigma, prediction=prediction,
+                     clip_x0=clip_x0, dynamic_threshold=dynamic_threshold)
+  return d.x0, d.eps
 
 
 # ----------------------------------------------------------------------------
@@ -295,48 +396,75 @@ def denoise(schedule: Schedule, output, x_t, t, *, prediction: str = "eps",
 # ----------------------------------------------------------------------------
 
 
+class Variance(NamedTuple):
+  """A variance type of p_θ(x_{t-1}|x_t) (DDPM §3.2, IDDPM §3.1)."""
+  # Whether the model outputs variance channels (output [B, ..., 2C]).
+  learned: bool
+  # (schedule, var_output [B, ...] or None, t [B], x_t) -> log σ², broadcastable to x_t.
+  log_variance: Callable
+
+
+def _log_fixed_large(schedule, var_output, t, x_t):
+  # β_t, with β̃_1 at t = 0 (IDDPM / ADM: the decoder at t = 0 is well defined).
+  if schedule.num_timesteps == 1:
+    return extract(jnp.log(schedule.betas), t, x_t)
+  return extract(jnp.log(jnp.concatenate(
+      [schedule.posterior_variance[1:2], schedule.betas[1:]])), t, x_t)
+
+
+def _log_learned_range(schedule, var_output, t, x_t):
+  # IDDPM Eq. (15): log σ² = ((v+1)/2) log β_t + (1 - (v+1)/2) log β̃_t.
+  min_log = extract(schedule.posterior_log_variance_clipped, t, x_t)
+  max_log = extract(jnp.log(schedule.betas), t, x_t)
+  frac = (jnp.asarray(var_output, x_t.dtype) + 1.0) / 2.0
+  return frac * max_log + (1.0 - frac) * min_log
+
+
+VARIANCES: dict[str, Variance] = {
+    # β̃_t, log clipped at t = 0 as in IDDPM.
+    "fixed_small": Variance(False, lambda sched, v, t, x: extract(
+        sched.posterior_log_variance_clipped, t, x)),
+    "fixed_large": Variance(False, _log_fixed_large),
+    # The model outputs log σ² directly.
+    "learned": Variance(True, lambda sched, v, t, x: jnp.asarray(v, x.dtype)),
+    "learned_range": Variance(True, _log_learned_range),
+}
+
+
+def check_variance(variance: str) -> str:
+  return check_choice("variance", variance, VARIANCES)
+
+
+def is_learned_variance(variance: str) -> bool:
+  """Whether the model outputs variance channels for this variance type."""
+  return VARIANCES[check_variance(variance)].learned
+
+
 def split_model_output(output, variance: str):
   """Splits a learned-variance output [B, ..., 2C] into ([B, ..., C], [B, ..., C]).
 
   For fixed variances returns (output, None).
   """
-  check_variance(variance)
-  if variance in ("fixed_small", "fixed_large"):
+  if not is_learned_variance(variance):
     return output, None
   if output.shape[-1] % 2:
-    raise ValueError(
-        f"variance={variance!r} needs a model output with 2x channels on the last "
+    raise ArgumentError(
+        "variance", f"variance={variance!r} needs a model output with 2x channels on the last "
         f"axis; got shape {output.shape}.")
   return jnp.split(output, 2, axis=-1)
 
 
 def p_variance(schedule: Schedule, var_output, t, x_t, variance: str):
-  """Σ_θ(x_t, t) of p_θ(x_{t-1}|x_t). Returns (variance, log_variance).
-
+  """Σ_θ(x_t, t) of p_θ(x_{t-1}|x_t) by `VARIANCES[variance]`. Returns
+  (variance, log_variance), broadcastable to x_t [B, ...]:
   * "fixed_small": β̃_t (log clipped at t = 0 as in IDDPM).
   * "fixed_large": β_t, with β̃_1 used at t = 0 (IDDPM / ADM convention, which
     makes the decoder at t = 0 well defined).
   * "learned": the model outputs log σ² directly.
   * "learned_range": the model outputs v ∈ [-1, 1] and
     log σ² = ((v+1)/2) log β_t + (1 - (v+1)/2) log β̃_t, IDDPM Eq. (15).
-  Shapes: broadcastable to x_t [B, ...].
   """
-  check_variance(variance)
-  if variance == "fixed_small":
-    log_var = extract(schedule.posterior_log_variance_clipped, t, x_t)
-  elif variance == "fixed_large":
-    log_betas = jnp.log(jnp.concatenate(
-        [schedule.posterior_variance[1:2], schedule.betas[1:]]))
-    if schedule.num_timesteps == 1:
-      log_betas = jnp.log(schedule.betas)
-    log_var = extract(log_betas, t, x_t)
-  elif variance == "learned":
-    log_var = jnp.asarray(var_output, x_t.dtype)
-  else:
-    min_log = extract(schedule.posterior_log_variance_clipped, t, x_t)
-    max_log = extract(jnp.log(schedule.betas), t, x_t)
-    frac = (jnp.asarray(var_output, x_t.dtype) + 1.0) / 2.0
-    log_var = frac * max_log + (1.0 - frac) * min_log
+  log_var = VARIANCES[check_variance(variance)].log_variance(schedule, var_output, t, x_t)
   return jnp.exp(log_var), log_var
 
 
@@ -361,22 +489,10 @@ def p_mean_variance(schedule: Schedule, model_output, x_t, t, *,
     model_output: [B, ..., C], or [B, ..., 2C] for learned variances.
     x_t: [B, ..., C]; t: int32 [B].
   """
-  out, var_out = split_model_output(model_output, variance)
-  x0_hat, eps_hat = denoise(schedule, out, x_t, t, prediction=prediction,
-                            clip_x0=clip_x0, dynamic_threshold=dynamic_threshold)
-  mean, _, _ = q_posterior_mean_variance(schedule, x0_hat, x_t, t)
-  var, log_var = p_variance(schedule, var_out, t, x_t, variance)
-  return PMeanVariance(mean, var, log_var, x0_hat, eps_hat)
-
-
-def p_sample(schedule: Schedule, model_output, x_t, t, noise, **kwargs):
-  """One ancestral step x_{t-1} ~ p_θ(x_{t-1}|x_t) (DDPM Algorithm 2, line 4).
-
-  x_{t-1} = μ_θ + σ_θ z, with no noise added where t = 0 (it returns the mean).
-  kwargs are those of `p_mean_variance`. Returns (x_{t-1} [B, ...], x0_hat).
-  """
-  _check_same_shape(x_t=x_t, noise=noise)
-  pmv = p_mean_variance(schedule, model_output, x_t, t, **kwargs)
-  nonzero = (jnp.asarray(t) > 0).reshape((-1,) + (1,) * (x_t.ndim - 1))
-  x_prev = pmv.mean + jnp.where(nonzero, jnp.exp(0.5 * pmv.log_variance), 0.0) * noise
-  return x_prev, pmv.x0_hat
+  check_prediction(prediction, schedule)
+  c = coefficients(schedule, t, x_t)
+  d = denoise_output(model_output, x_t, c.alpha, c.sigma, prediction=prediction,
+                     variance=variance, clip_x0=clip_x0, dynamic_threshold=dynamic_threshold)
+  mean, _, _ = q_posterior_mean_variance(schedule, d.x0, x_t, t)
+  var, log_var = p_variance(schedule, d.var_output, t, x_t, variance)
+  return PMeanVariance(mean, var, log_var, d.x0, d.eps)

@@ -14,12 +14,12 @@ Example, from plain JAX code (an analytic "model" stands in for the UNet):
     x0 = sample_fn(jnp.array([0.5, -1.0]), jax.random.key(0))   # [16, 2] float32
 
 How a chain runs. `schedule` (T entries) is restricted to K grid points,
-S = make_timesteps(T, K, spacing) (or `logsnr_timesteps`, or explicit
-`timesteps=`), with
-`schedules.respace`; the *sampling schedule* has K entries and maps entry i back
-to the training index S_i that `model_fn` receives. The sampler steps from
-i = K-1 down to 0, each step one model call; the last step goes to ᾱ = 1 (clean
-data). The K steps are one `jax.lax.scan`, traced and compiled once whatever K.
+S = grid_timesteps(schedule, K, spacing) (a `schedules.TIME_GRIDS` grid, or
+explicit `timesteps=`), with `schedules.respace`; the *sampling schedule* has K
+entries and maps entry i back to the training index S_i that `model_fn`
+receives. The sampler steps from i = K-1 down to 0; the last step goes to
+ᾱ = 1 (clean data). The K steps are one `jax.lax.scan`, traced and compiled
+once whatever K.
 
 Randomness. Sample b (global index in the batch) gets key_b = fold_in(rng, b);
 its x_T is N(0, I) from fold_in(key_b, 0) and the noise of step n = 1..K comes
@@ -27,7 +27,7 @@ from fold_in(key_b, n). Samples therefore do not depend on the batch size, the
 number of devices or how the batch is split.
 
 Devices. With several devices (`devices=None` means all of `jax.devices()`),
-the batch axis is sharded over a 1-D `Mesh` with axis "batch" via
+the batch axis is sharded over the mesh of `mesh.make_mesh` via
 `jax.lax.with_sharding_constraint`; params and the key are replicated. `cond`
 is any pytree: its array leaves whose leading dimension equals the batch size
 are sharded along it, all other leaves replicated. A batch that the device
@@ -44,21 +44,20 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from diffusion_jax import process
+from diffusion_jax._checks import ArgumentError
+from diffusion_jax.mesh import BATCH_AXES, make_mesh
 from diffusion_jax.samplers import (SAMPLERS, Denoised, DenoiseFn, Sampler,
-                                    StepInput, ddim_inversion, get_sampler,
-                                    sampler_options)
-from diffusion_jax.schedules import SPACINGS, Schedule, make_timesteps, respace
+                                    StepInput, ddim_inversion, get_sampler)
+from diffusion_jax.schedules import (Schedule, logsnr_timesteps, point,
+                                     sampling_schedule)
 
 __all__ = ["SampleOutput", "make_sample_fn", "make_invert_fn", "make_denoise_fn",
-           "sampling_schedule", "logsnr_timesteps", "slerp", "DEFAULT_SPACING"]
+           "build_sampler", "sampling_schedule", "logsnr_timesteps", "slerp"]
 
 ModelFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
-
-# The grid each sampler uses when `spacing=None` (others: "linspace").
-DEFAULT_SPACING = {"dpmpp_2m": "logsnr", "dpmpp_3m": "logsnr", "consistency": "trailing"}
 
 
 class SampleOutput(NamedTuple):
@@ -73,80 +72,56 @@ class SampleOutput(NamedTuple):
 # ----------------------------------------------------------------------------
 
 
-def sampling_schedule(schedule: Schedule, num_steps: Optional[int] = None, *,
-                      spacing: str = "linspace", timesteps=None) -> Schedule:
-  """The K-entry schedule a sampler runs on (Improved DDPM §4 respacing).
+def build_sampler(schedule: Schedule, *, sampler: str = "ddim",
+                  num_steps: Optional[int] = None, spacing: Optional[str] = None,
+                  timesteps=None, eta: float = 0.0, prediction: str = "eps",
+                  variance: str = "fixed_small", clip_x0: Optional[float] = None,
+                  dynamic_threshold: Optional[float] = None) -> tuple[Schedule, Sampler]:
+  """The sampling schedule and the `Sampler` of `make_sample_fn`'s settings.
 
-  Args:
-    schedule: the training schedule (T entries), or an already respaced one.
-    num_steps: K in [1, T]; None means T (every timestep).
-    spacing: a `schedules.SPACINGS` grid of `make_timesteps`, whose docstring
-      states the exact grids ("linspace", the default, includes 0 and T-1), or
-      "logsnr" (`logsnr_timesteps`: uniform in log-SNR, includes 0 and T-1).
-    timesteps: optional explicit increasing indices into `schedule`, used
-      instead of (num_steps, spacing).
+  Every rule of those settings is checked here or in the constructor it
+  calls (`sampling_schedule`, `get_sampler`, `process.check_*`), each raising
+  a ValueError that names its argument; config validation calls this too.
+  `spacing=None` picks the sampler's registered default grid. `eta` is DDIM's:
+  a sampler without an η option only accepts eta=0.
   """
-  T = schedule.num_timesteps
-  if timesteps is not None:
-    ts = np.asarray(timesteps)
-    if num_steps is not None and num_steps != ts.size:
-      raise ValueError(f"num_steps={num_steps!r} disagrees with len(timesteps)={ts.size}.")
-    return respace(schedule, ts)
-  K = T if num_steps is None else num_steps
-  if spacing == "logsnr":
-    return respace(schedule, logsnr_timesteps(schedule, K))
-  if spacing not in SPACINGS:
-    raise ValueError(f"Unknown spacing {spacing!r}; known spacings: {list(SPACINGS) + ['logsnr']}.")
-  return respace(schedule, make_timesteps(T, K, spacing))
-
-
-def logsnr_timesteps(schedule: Schedule, num_steps: int) -> np.ndarray:
-  """K indices of `schedule` roughly uniform in λ = log(α/σ) (DPM-Solver §3.4).
-
-  Includes 0 (if K > 1) and T-1. Each point is the index nearest to its λ target, moved
-  just enough to keep the K indices distinct where the schedule is too coarse
-  (near t = 0). Returns int64 [K], strictly increasing.
-  """
-  T = schedule.num_timesteps
-  make_timesteps(T, num_steps, "linspace")  # Validates num_steps in [1, T].
-  K = int(num_steps)
-  if K == T:
-    return np.arange(T)
-  if K == 1:
-    return np.array([T - 1])
-  ac = np.asarray(schedule.alphas_cumprod, np.float64)
-  with np.errstate(divide="ignore"):
-    lam = 0.5 * (np.log(ac) - np.log1p(-ac))            # decreasing in t
-  lo = lam[-1] if np.isfinite(lam[-1]) else lam[-2]    # zero terminal SNR: λ = -∞
-  targets = np.linspace(lam[0], lo, K)
-  ts = np.abs(lam[None, :] - targets[:, None]).argmin(axis=1)
-  ts[0], ts[-1] = 0, T - 1
-  for j in range(1, K):                                 # distinct, increasing,
-    ts[j] = max(ts[j], ts[j - 1] + 1)
-  ts[-1] = T - 1
-  for j in range(K - 2, -1, -1):                        # and within [0, T-1].
-    ts[j] = min(ts[j], ts[j + 1] - 1)
-  return ts.astype(np.int64)
+  info = SAMPLERS.get(sampler)
+  options = {}
+  if info is not None and info.takes_eta:
+    options["eta"] = eta
+  elif info is not None and eta != 0.0:
+    takes = sorted(n for n, s in SAMPLERS.items() if s.takes_eta)
+    raise ArgumentError("eta", f"eta={eta!r} is only for samplers {takes}; sampler "
+                               f"{sampler!r} takes no eta.")
+  if info is not None and "variance" in info.options:
+    options["variance"] = variance
+  process.check_variance(variance)
+  process.check_thresholds(clip_x0, dynamic_threshold)
+  process.check_prediction(prediction, schedule)
+  if spacing is None:
+    spacing = info.default_spacing if info is not None else "linspace"
+  sched = sampling_schedule(schedule, num_steps, spacing=spacing, timesteps=timesteps)
+  return sched, get_sampler(sampler, sched, **options)
 
 
 def make_denoise_fn(model_fn: ModelFn, sched: Schedule, params, cond, *,
                     prediction: str = "eps", variance: str = "fixed_small",
                     clip_x0: Optional[float] = None,
                     dynamic_threshold: Optional[float] = None) -> DenoiseFn:
-  """The shared denoiser `denoise(x_t [B, ...], i int32 []) -> Denoised`.
+  """The samplers' denoiser `denoise(x_t [B, ...], i int32 []) -> Denoised`.
 
-  Calls `model_fn(params, x_t, sched.timesteps[i] as int32 [B], cond)`, casts
-  the output to x_t's dtype (float32 state for bf16 models), splits off the
-  variance channels of learned variances and converts it with
-  `process.denoise` (parameterization, `clip_x0`, `dynamic_threshold`).
+  Calls `model_fn(params, x_t, sched.timesteps[i] as int32 [B], cond)` and
+  converts its output with the one adapter `process.denoise_output` at the
+  noise level `schedules.point(sched, i)` (dtype cast, variance channels,
+  parameterization, `clip_x0`, `dynamic_threshold`).
   """
   def denoise(x, i):
     idx = jnp.full((x.shape[0],), i, jnp.int32)
-    out = jnp.asarray(model_fn(params, x, sched.timesteps[idx], cond)).astype(x.dtype)
-    out, var_out = process.split_model_output(out, variance)
-    x0, eps = process.denoise(sched, out, x, idx, prediction=prediction,
-                              clip_x0=clip_x0, dynamic_threshold=dynamic_threshold)
-    return Denoised(x0=x0, eps=eps, var_output=var_out)
+    c = point(sched, i)
+    return process.denoise_output(
+        model_fn(params, x, sched.timesteps[idx], cond), x, c.alpha, c.sigma,
+        prediction=prediction, variance=variance, clip_x0=clip_x0,
+        dynamic_threshold=dynamic_threshold)
   return denoise
 
 
@@ -181,16 +156,14 @@ def slerp(z0, z1, alpha):
 
 
 class _Layout:
-  """Batch sharding over a 1-D mesh ("batch"), with padding to a multiple."""
+  """Batch sharding over the mesh of `mesh.make_mesh(devices)`, with padding
+  to a multiple of the device count."""
 
   def __init__(self, batch: int, devices: Optional[Sequence[Any]]):
-    devs = list(jax.devices() if devices is None else devices)
-    if not devs:
-      raise ValueError("devices must be None or a non-empty sequence of devices.")
-    self.batch, self.n = batch, len(devs)
+    mesh = make_mesh(devices)
+    self.batch, self.n = batch, mesh.size
     self.padded = -(-batch // self.n) * self.n
-    self.mesh = (Mesh(np.asarray(devs), ("batch",), axis_types=(AxisType.Auto,))
-                 if self.n > 1 else None)
+    self.mesh = mesh if self.n > 1 else None
 
   def jit(self, fn, x_arg: int):
     """jax.jit of fn(*args) with the args replicated, except args[x_arg]
@@ -199,14 +172,14 @@ class _Layout:
     if self.mesh is None:
       return jax.jit(fn)
     rep = NamedSharding(self.mesh, P())
-    xs = NamedSharding(self.mesh, P("batch")) if self.padded == self.batch else rep
+    xs = NamedSharding(self.mesh, P(BATCH_AXES)) if self.padded == self.batch else rep
     n = fn.__code__.co_argcount
     return jax.jit(fn, in_shardings=tuple(xs if a == x_arg else rep for a in range(n)))
 
   def shard(self, x, axis: int = 0):
     if self.mesh is None:
       return x
-    spec = P(*([None] * axis + ["batch"]))
+    spec = P(*([None] * axis + [BATCH_AXES]))
     return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
   def replicate(self, x):
@@ -265,15 +238,6 @@ def _check_shape(shape) -> tuple[int, ...]:
   if not shape or any(s < 1 for s in shape):
     raise ValueError(f"shape must be a tuple (B, ...) of positive ints, got {shape!r}.")
   return shape
-
-
-def _check_common(prediction, variance, clip_x0, dynamic_threshold):
-  process.check_prediction(prediction)
-  process.check_variance(variance)
-  if clip_x0 is not None and not clip_x0 > 0:
-    raise ValueError(f"clip_x0 must be > 0 or None, got {clip_x0!r}.")
-  if dynamic_threshold is not None and not 0.0 < dynamic_threshold < 1.0:
-    raise ValueError(f"dynamic_threshold must be in (0, 1) or None, got {dynamic_threshold!r}.")
 
 
 def _check_x(x, shape, name):
@@ -353,14 +317,10 @@ def make_sample_fn(model_fn: ModelFn, schedule: Schedule, *, shape: Sequence[int
       x_t's shape ([..., 2C] for the learned variances), any float dtype.
     schedule: the training `Schedule` (T entries).
     shape: (B, ...) of the samples: images [B, H, W, C] or vectors [B, D].
-    sampler: a name in `samplers.SAMPLERS` ("ddpm", "ddim", "dpmpp_2m", "dpmpp_3m",
-      "consistency").
+    sampler: a name in the registry `samplers.SAMPLERS`.
     num_steps: K in [1, T]; None = T.
-    spacing: the grid (see `sampling_schedule`): one of `schedules.SPACINGS` or
-      "logsnr". None picks the sampler's default, `DEFAULT_SPACING` ("logsnr"
-      for the DPM-Solver++ samplers as recommended by Lu et al. 2022 for low
-      resolutions; "trailing" for "consistency", whose first step must start
-      at T-1; "linspace" otherwise).
+    spacing: the time grid, a name in `schedules.TIME_GRIDS`; None picks the
+      sampler's registered default (`SAMPLERS[sampler].default_spacing`).
     timesteps: explicit increasing grid indices into `schedule` instead.
     eta: DDIM's η in [0, 1] (samplers taking `eta` only; must be 0 otherwise).
     prediction: "eps" | "x0" | "v", what the model predicts.
@@ -385,22 +345,10 @@ def make_sample_fn(model_fn: ModelFn, schedule: Schedule, *, shape: Sequence[int
     wrong shape.
   """
   shape = _check_shape(shape)
-  _check_common(prediction, variance, clip_x0, dynamic_threshold)
-  accepted = sampler_options(sampler)
-  if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-    raise ValueError(f"eta must be a float in [0, 1], got {eta!r}.")
-  options = {}
-  if "eta" in accepted:
-    options["eta"] = eta
-  elif eta != 0.0:
-    takes = sorted(n for n in SAMPLERS if "eta" in sampler_options(n))
-    raise ValueError(f"eta={eta!r} is only for samplers {takes}; sampler {sampler!r} takes no eta.")
-  if "variance" in accepted:
-    options["variance"] = variance
-  if spacing is None:
-    spacing = DEFAULT_SPACING.get(sampler, "linspace")
-  sched = sampling_schedule(schedule, num_steps, spacing=spacing, timesteps=timesteps)
-  smp = get_sampler(sampler, sched, **options)
+  sched, smp = build_sampler(
+      schedule, sampler=sampler, num_steps=num_steps, spacing=spacing, timesteps=timesteps,
+      eta=eta, prediction=prediction, variance=variance, clip_x0=clip_x0,
+      dynamic_threshold=dynamic_threshold)
   K = sched.num_timesteps
   slots = _x0_slots(x0_steps, K)
   layout = _Layout(shape[0], devices)
@@ -449,8 +397,10 @@ def make_invert_fn(model_fn: ModelFn, schedule: Schedule, *, shape: Sequence[int
   runs from the data to x_T.
   """
   shape = _check_shape(shape)
-  _check_common(prediction, variance, clip_x0, dynamic_threshold)
-  sched = sampling_schedule(schedule, num_steps, spacing=spacing, timesteps=timesteps)
+  sched, _ = build_sampler(
+      schedule, sampler="ddim", num_steps=num_steps, spacing=spacing, timesteps=timesteps,
+      prediction=prediction, variance=variance, clip_x0=clip_x0,
+      dynamic_threshold=dynamic_threshold)
   smp = ddim_inversion(sched)
   K = sched.num_timesteps
   layout = _Layout(shape[0], devices)

@@ -15,20 +15,29 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from diffusion_jax._checks import ArgumentError, check_choice, check_int
+
 __all__ = [
     "Schedule",
+    "Point",
+    "point",
     "SCHEDULES",
     "SPACINGS",
+    "TIME_GRIDS",
     "get_schedule",
     "schedule_from_betas",
     "respace",
     "make_timesteps",
+    "logsnr_timesteps",
+    "grid_timesteps",
+    "sampling_schedule",
     "rescale_zero_terminal_snr",
 ]
 
@@ -49,6 +58,7 @@ class Schedule:
   log_one_minus_alphas_cumprod: jnp.ndarray    # log(1-ᾱ_t)
   sqrt_recip_alphas_cumprod: jnp.ndarray       # 1/√ᾱ_t  (inf at a zero-SNR end)
   sqrt_recipm1_alphas_cumprod: jnp.ndarray     # √(1/ᾱ_t - 1)
+  logsnr: jnp.ndarray                          # λ_t = log(√ᾱ_t/√(1-ᾱ_t)) (-inf at a zero-SNR end)
   # q(x_{t-1} | x_t, x_0), DDPM Eq. (6)-(7).
   posterior_variance: jnp.ndarray              # β̃_t = (1-ᾱ_{t-1})/(1-ᾱ_t) β_t
   posterior_log_variance_clipped: jnp.ndarray  # log β̃_t with β̃_0 := β̃_1
@@ -68,6 +78,41 @@ class Schedule:
     return (self.sqrt_alphas_cumprod / self.sqrt_one_minus_alphas_cumprod) ** 2
 
 
+class Point(NamedTuple):
+  """α, σ and λ of x = α x_0 + σ ε at some indices (float32, the indices' shape)."""
+  alpha: jnp.ndarray   # α = √ᾱ
+  sigma: jnp.ndarray   # σ = √(1-ᾱ)
+  logsnr: jnp.ndarray  # λ = log(α/σ)
+
+
+def point(schedule: Schedule, i) -> Point:
+  """The one accessor of α, σ and λ at indices `i` of a schedule.
+
+  Every sampler, the distillation teacher and the consistency solvers read
+  the noise level through this function, from the float64-derived arrays
+  (`sqrt_alphas_cumprod`, `sqrt_one_minus_alphas_cumprod`, `logsnr`), so they
+  share one numerical policy. `i` is an int array (any shape) in [-1, T-1];
+  i = -1 is clean data (α = 1, σ = 0, λ = +∞), the end point of the last
+  sampling step. A concrete index out of range raises ValueError; a traced
+  one gives NaN, never a silently clamped value.
+  """
+  i = jnp.asarray(i)
+  if not jnp.issubdtype(i.dtype, jnp.integer):
+    raise ArgumentError("i", f"i must be an integer index array, got {i.dtype}.")
+  T = schedule.num_timesteps
+  if not isinstance(i, jax.core.Tracer) and i.size:
+    lo, hi = int(np.min(np.asarray(i))), int(np.max(np.asarray(i)))
+    if lo < -1 or hi > T - 1:
+      raise ArgumentError("i", f"i must lie in [-1, {T - 1}] (T = {T}; -1 = clean data), got "
+                               f"values in [{lo}, {hi}].")
+  def get(first, arr):
+    ext = jnp.concatenate([jnp.full((1,), first, jnp.float32), arr])
+    return ext.at[i + 1].get(mode="fill", fill_value=jnp.nan, wrap_negative_indices=False)
+  return Point(get(1.0, schedule.sqrt_alphas_cumprod),
+               get(0.0, schedule.sqrt_one_minus_alphas_cumprod),
+               get(jnp.inf, schedule.logsnr))
+
+
 # ----------------------------------------------------------------------------
 # Beta constructors (float64).
 # ----------------------------------------------------------------------------
@@ -77,7 +122,7 @@ def _linear(T: int) -> np.ndarray:
   """Ho et al. 2020: β from 1e-4 to 0.02 at T = 1000, scaled by 1000/T."""
   scale = 1000.0 / T
   if scale * 0.02 >= 1.0:
-    raise ValueError(f"The 'linear' schedule needs num_timesteps >= 21 (its last β is "
+    raise ArgumentError("num_timesteps", f"The 'linear' schedule needs num_timesteps >= 21 (its last β is "
                      f"0.02 * 1000/T), got num_timesteps={T}.")
   return np.linspace(scale * 1e-4, scale * 0.02, T, dtype=np.float64)
 
@@ -138,11 +183,7 @@ def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
 
 
 def _check_num_timesteps(num_timesteps) -> int:
-  if isinstance(num_timesteps, bool) or not isinstance(
-      num_timesteps, (int, np.integer)) or num_timesteps < 1:
-    raise ValueError(
-        f"num_timesteps must be an integer >= 1, got {num_timesteps!r}.")
-  return int(num_timesteps)
+  return check_int("num_timesteps", num_timesteps, 1)
 
 
 def _check_betas(betas: np.ndarray, allow_terminal_one: bool) -> None:
@@ -182,6 +223,7 @@ def schedule_from_betas(betas, *, timesteps=None,
   with np.errstate(divide="ignore"):  # ᾱ = 0 at a zero-SNR end gives inf.
     recip = 1.0 / np.sqrt(ac)
     recipm1 = np.sqrt(1.0 / ac - 1.0)
+    logsnr = 0.5 * (np.log(ac) - np.log1p(-ac))
   if timesteps is None:
     timesteps = np.arange(T)
   timesteps = np.asarray(timesteps)
@@ -197,6 +239,7 @@ def schedule_from_betas(betas, *, timesteps=None,
       log_one_minus_alphas_cumprod=f32(np.log(1.0 - ac)),
       sqrt_recip_alphas_cumprod=f32(recip),
       sqrt_recipm1_alphas_cumprod=f32(recipm1),
+      logsnr=f32(logsnr),
       posterior_variance=f32(post_var),
       posterior_log_variance_clipped=f32(post_log_var),
       posterior_mean_coef1=f32(betas * np.sqrt(ac_prev) / (1.0 - ac)),
@@ -211,13 +254,12 @@ def get_betas(name: str, num_timesteps: int, *,
               rescale_to_zero_terminal_snr: bool = False) -> np.ndarray:
   """The float64 betas [T] of a named schedule."""
   T = _check_num_timesteps(num_timesteps)
-  if name not in SCHEDULES:
-    raise ValueError(
-        f"Unknown schedule {name!r}; known schedules: {sorted(SCHEDULES)}.")
+  check_choice("schedule", name, sorted(SCHEDULES))
   betas = SCHEDULES[name](T)
   if rescale_to_zero_terminal_snr:
     if T < 2:
-      raise ValueError("rescale_to_zero_terminal_snr needs num_timesteps >= 2.")
+      raise ArgumentError("rescale_to_zero_terminal_snr",
+                          "rescale_to_zero_terminal_snr needs num_timesteps >= 2.")
     betas = rescale_zero_terminal_snr(betas)
   return betas
 
@@ -242,7 +284,7 @@ def get_schedule(name: str, num_timesteps: int = 1000, *,
 # Timestep subsequences and respacing (Improved DDPM §4, DDIM §4.2).
 # ----------------------------------------------------------------------------
 
-SPACINGS = ("linspace", "leading", "trailing", "quadratic")
+SPACINGS = ("linspace", "leading", "trailing", "quadratic")  # the grids that need only T
 
 
 def make_timesteps(num_timesteps: int, num_steps: int,
@@ -256,15 +298,11 @@ def make_timesteps(num_timesteps: int, num_steps: int,
                    (Lin et al. 2024, Table 2).
     * "quadratic": ⌊(i √(0.8 T)/(K-1))²⌋           — DDIM's quadratic grid.
   For K = T every spacing gives 0..T-1. Returns int64 [K], strictly increasing.
+  (`grid_timesteps` also offers the schedule-dependent "logsnr" grid.)
   """
   T = _check_num_timesteps(num_timesteps)
-  if isinstance(num_steps, bool) or not isinstance(
-      num_steps, (int, np.integer)) or not 1 <= num_steps <= T:
-    raise ValueError(
-        f"num_steps must be an integer in [1, {T}] (num_timesteps), got {num_steps!r}.")
-  K = int(num_steps)
-  if spacing not in SPACINGS:
-    raise ValueError(f"Unknown spacing {spacing!r}; known spacings: {list(SPACINGS)}.")
+  K = check_int("num_steps", num_steps, 1, T)
+  check_choice("spacing", spacing, SPACINGS)
   if K == T:
     return np.arange(T)
   i = np.arange(K, dtype=np.float64)
@@ -279,10 +317,50 @@ def make_timesteps(num_timesteps: int, num_steps: int,
     ts = (ii * ii * 4 * T) // (5 * max(K - 1, 1) ** 2)
   ts = ts.astype(np.int64)
   if np.any(np.diff(ts) <= 0):
-    raise ValueError(
-        f"spacing={spacing!r} gives repeated timesteps for num_steps={K} and "
+    raise ArgumentError(
+        "num_steps", f"spacing={spacing!r} gives repeated timesteps for num_steps={K} and "
         f"num_timesteps={T}; use fewer steps or another spacing.")
   return ts
+
+
+def logsnr_timesteps(schedule: Schedule, num_steps: int) -> np.ndarray:
+  """K indices of `schedule` roughly uniform in λ = log(α/σ) (DPM-Solver §3.4).
+
+  Includes 0 (if K > 1) and T-1. Each point is the index nearest to its λ target, moved
+  just enough to keep the K indices distinct where the schedule is too coarse
+  (near t = 0). Returns int64 [K], strictly increasing.
+  """
+  T = schedule.num_timesteps
+  K = check_int("num_steps", num_steps, 1, T)
+  if K == T:
+    return np.arange(T)
+  if K == 1:
+    return np.array([T - 1])
+  lam = np.asarray(schedule.logsnr, np.float64)          # decreasing in t
+  lo = lam[-1] if np.isfinite(lam[-1]) else lam[-2]    # zero terminal SNR: λ = -∞
+  targets = np.linspace(lam[0], lo, K)
+  ts = np.abs(lam[None, :] - targets[:, None]).argmin(axis=1)
+  ts[0], ts[-1] = 0, T - 1
+  for j in range(1, K):                                 # distinct, increasing,
+    ts[j] = max(ts[j], ts[j - 1] + 1)
+  ts[-1] = T - 1
+  for j in range(K - 2, -1, -1):                        # and within [0, T-1].
+    ts[j] = min(ts[j], ts[j + 1] - 1)
+  return ts.astype(np.int64)
+
+
+# Every time grid, by name: (schedule, K) -> int64 [K] increasing indices.
+TIME_GRIDS: dict[str, Callable[[Schedule, int], np.ndarray]] = {
+    **{name: (lambda name: lambda s, K: make_timesteps(s.num_timesteps, K, name))(name)
+       for name in SPACINGS},
+    "logsnr": logsnr_timesteps,
+}
+
+
+def grid_timesteps(schedule: Schedule, num_steps: int, spacing: str) -> np.ndarray:
+  """The K-point grid `spacing` (a name in `TIME_GRIDS`) over `schedule`."""
+  check_choice("spacing", spacing, TIME_GRIDS)
+  return TIME_GRIDS[spacing](schedule, num_steps)
 
 
 def respace(schedule: Schedule, timesteps) -> Schedule:
@@ -296,10 +374,11 @@ def respace(schedule: Schedule, timesteps) -> Schedule:
   ts = np.asarray(timesteps)
   T = schedule.num_timesteps
   if ts.ndim != 1 or ts.size < 1 or not np.issubdtype(ts.dtype, np.integer):
-    raise ValueError(f"timesteps must be a non-empty 1-D integer array, got {ts!r}.")
+    raise ArgumentError("timesteps",
+                        f"timesteps must be a non-empty 1-D integer array, got {ts!r}.")
   if ts.min() < 0 or ts.max() >= T or np.any(np.diff(ts) <= 0):
-    raise ValueError(
-        f"timesteps must be strictly increasing integers in [0, {T - 1}], got {ts}.")
+    raise ArgumentError(
+        "timesteps", f"timesteps must be strictly increasing integers in [0, {T - 1}], got {ts}.")
   if ts.size == T:  # The identity: keep the float64-derived arrays exact.
     return schedule
   # In float64, from the stored float32 arrays. A small β' = 1 - ᾱ_{S_i}/ᾱ_{S_{i-1}}
@@ -317,3 +396,25 @@ def respace(schedule: Schedule, timesteps) -> Schedule:
   return schedule_from_betas(
       betas, timesteps=np.asarray(schedule.timesteps)[ts],
       zero_terminal_snr=terminal)
+
+
+def sampling_schedule(schedule: Schedule, num_steps: int | None = None, *,
+                      spacing: str = "linspace", timesteps=None) -> Schedule:
+  """The K-entry schedule a sampler runs on (Improved DDPM §4 respacing).
+
+  Args:
+    schedule: the training schedule (T entries), or an already respaced one.
+    num_steps: K in [1, T]; None means T (every timestep).
+    spacing: a name in `TIME_GRIDS`: a `make_timesteps` grid ("linspace", the
+      default, includes 0 and T-1) or "logsnr" (`logsnr_timesteps`).
+    timesteps: optional explicit increasing indices into `schedule`, used
+      instead of (num_steps, spacing).
+  """
+  if timesteps is not None:
+    ts = np.asarray(timesteps)
+    if num_steps is not None and num_steps != ts.size:
+      raise ArgumentError("num_steps",
+                          f"num_steps={num_steps!r} disagrees with len(timesteps)={ts.size}.")
+    return respace(schedule, ts)
+  K = schedule.num_timesteps if num_steps is None else num_steps
+  return respace(schedule, grid_timesteps(schedule, K, spacing))

@@ -64,9 +64,9 @@ def _session_dirs(basetemp: str) -> tuple[str, str]:
   data_dir = os.path.join(basetemp, "tfds")
   cache_dir = os.path.join(basetemp, "jax_cache")
   os.makedirs(cache_dir, exist_ok=True)
-  from diffusion_jax.data import pipeline  # Builds digits offline (~2 s).
+  from diffusion_jax.data import sources  # Builds digits offline (~2 s).
   for split in ("train", "test"):
-    pipeline.get_data_source("digits", split, data_dir)
+    sources.get_source(dict(dataset="digits", data_dir=data_dir, image_size=8, channels=1), split)
   return data_dir, cache_dir
 
 
@@ -193,9 +193,9 @@ def restore(config, workdir, step: int | None = None):
   """(TrainState as numpy arrays, data iterator state bytes, step) of a
   checkpoint, restored onto this process' devices."""
   import jax
-  from diffusion_jax import experiment, train
+  from diffusion_jax import configuration, conditioning, models, tasks, workdir as workdir_lib, train
   from diffusion_jax.checkpoint import Checkpointer
-  spec = experiment.validate_config(config)
+  spec = configuration.validate_config(config)
   trainer = train.Trainer(config, spec)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
   try:
@@ -250,10 +250,10 @@ def mesh_sizes(workdir, step: int) -> set[int]:
 
 def _nan_step(data_dir: str) -> None:
   import jax
-  from diffusion_jax import experiment, train
+  from diffusion_jax import configuration, conditioning, models, tasks, workdir as workdir_lib, train
 
   config = make_config(data_dir)
-  trainer = train.Trainer(config, experiment.validate_config(config))
+  trainer = train.Trainer(config, configuration.validate_config(config))
   it = iter(train.make_train_loader(config))
   good = next(it)
   bad = {**good, "image": good["image"].copy()}

@@ -1,8 +1,14 @@
-"""Session fixtures shared by the distillation tests."""
+"""Session fixtures shared by the test modules."""
 
 import pytest
 
 import _tiny
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """A tfds data dir with the embedded digits prepared, one per session."""
+  return _tiny.session_dirs(tmp_path_factory)[0]
 
 
 @pytest.fixture(scope="session")

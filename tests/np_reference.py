@@ -79,6 +79,7 @@ def derived(b: np.ndarray) -> dict:
         posterior_mean_coef1=np.sqrt(ab_prev) * b / (1.0 - ab),
         posterior_mean_coef2=np.sqrt(a) * (1.0 - ab_prev) / (1.0 - ab),
         snr=ab / (1.0 - ab),
+        logsnr=np.log(ab / (1.0 - ab)) / 2.0,   # λ = log(α/σ)
     )
 
 

@@ -93,13 +93,13 @@ def _check_train_sample_eval(workdir, data_dir, env):
 
 def _expected_params(data_dir) -> int:
   import jax
-  from diffusion_jax import experiment
+  from diffusion_jax import configuration, conditioning, models, tasks, workdir as workdir_lib
   config = _tiny.make_config(data_dir)
-  spec = experiment.validate_config(config)
-  model = experiment.build_model(config, spec)
-  shapes = jax.eval_shape(functools.partial(experiment.init_params, model, spec),
+  spec = configuration.validate_config(config)
+  model = tasks.get_task(config.task).model(config, spec)
+  shapes = jax.eval_shape(functools.partial(models.init_params, model, spec),
                           jax.random.key(0))
-  return experiment.count_params(shapes)
+  return models.count_params(shapes)
 
 
 # ----------------------------------------------------------------------------
@@ -114,7 +114,7 @@ BAD_INPUTS = {
     "unknown_sampler": ({"sample.sampler": "nope"}, {"mode": "sample"},
                         ["sample.sampler", "ddim"]),
     "unknown_schedule": ({"diffusion.schedule": "nope"}, {}, ["diffusion.schedule", "cosine"]),
-    "image_size_not_data": ({"data.image_size": 16}, {}, ["data.image_size=16", "8x8x1"]),
+    "bad_channels": ({"data.channels": 2}, {}, ["data.channels", "1 (grayscale) or 3 (RGB)"]),
     "missing_config_file": ({}, {"config": "configs/no_such_config.py"},
                             ["--config", "no_such_config.py"]),
     "broken_config_file": ({}, {"config": "BROKEN"}, ["--config", "SyntaxError"]),
@@ -165,10 +165,10 @@ def test_bad_input(bad_runs, name):
 @pytest.mark.parametrize("sampler", ["ddpm", "dpmpp_2m", "consistency"])
 def test_sample_eta_is_only_for_samplers_with_an_eta(dirs, sampler):
   """The default sample.eta = 1 (DDIM) does not stop a sampler without η."""
-  from diffusion_jax import experiment, generate
+  from diffusion_jax import configuration, conditioning, models, tasks, workdir as workdir_lib, generate
   config = _tiny.make_config(dirs[0], {"sample.sampler": sampler})
   assert config.sample.eta == 1.0
-  spec = experiment.validate_config(config)
-  schedule = experiment.build_schedule(config)
-  model_fn = experiment.make_model_fn(experiment.build_model(config, spec))
+  spec = configuration.validate_config(config)
+  schedule = configuration.build_schedule(config)
+  model_fn = models.make_model_fn(tasks.get_task(config.task).model(config, spec))
   generate.Generator(config, spec, model_fn, schedule, batch_size=2)

@@ -8,15 +8,10 @@ import numpy as np
 import pytest
 
 import _tiny
-from diffusion_jax import experiment, modes, train
+from diffusion_jax import configuration, conditioning, models, tasks, workdir as workdir_lib, modes, train
 
 CONFIGS = _tiny.ROOT / "configs"
 ONE_STEP = {"train.num_steps": 1, "train.log_every": 1, "train.checkpoint_every": 1}
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return _tiny.session_dirs(tmp_path_factory)[0]
 
 
 def _config(data_dir, name, **overrides):
@@ -60,8 +55,8 @@ def test_classifier_trains_evaluates_and_guides_the_unconditional_model(data_dir
 def test_label_dropout_replaces_the_condition_with_the_null_one(data_dir):
   """With label_dropout p, about p of the labels the model sees are the null class."""
   config = _config(data_dir, "digits_cond.py", **{"train.label_dropout": 0.5})
-  spec = experiment.validate_config(config)
-  schedule = experiment.build_schedule(config)
+  spec = configuration.validate_config(config)
+  schedule = configuration.build_schedule(config)
   batch = {"image": jnp.zeros((256, 8, 8, 1)), "label": jnp.full((256,), 4, jnp.int32)}
   labels = np.asarray(jax.jit(lambda b, r: _labels_seen(config, spec, schedule, b, r))(
       batch, jax.random.key(0)))
@@ -77,14 +72,14 @@ def _labels_seen(config, spec, schedule, batch, rng):
       out["y"] = y
       return jnp.zeros_like(x_t)
 
-  train.diffusion_loss(None, None, batch, rng, model=Recorder(), schedule=schedule,
+  tasks.diffusion.loss(None, None, batch, rng, model=Recorder(), schedule=schedule,
                        config=config, spec=spec)
   return out["y"]
 
 
 def test_class_contexts_are_fixed_and_distinct(data_dir):
-  spec = experiment.validate_config(_config(data_dir, "digits_embed.py"))
-  a, b = experiment.class_contexts(spec), experiment.class_contexts(spec)
+  spec = configuration.validate_config(_config(data_dir, "digits_embed.py"))
+  a, b = conditioning.class_contexts(spec), conditioning.class_contexts(spec)
   assert a.shape == (10, 4, 32)
   np.testing.assert_array_equal(a, b)
   assert float(jnp.min(jnp.linalg.norm((a[:, None] - a[None]).reshape(100, -1), axis=-1)
@@ -103,4 +98,4 @@ def test_bad_conditioning_settings(data_dir, tmp_path, setting, value, message):
       from diffusion_jax import generate
       generate.parse_labels(value, 8, 10)
     else:
-      experiment.validate_config(config)
+      configuration.validate_config(config)

@@ -301,8 +301,8 @@ def test_euler_step_is_the_ddim_step(prediction):
   # The library's DDIM step on the teacher's (x̂0, ε̂)...
   out = 0.3 * x + 0.002 * t[:, None].astype(np.float32)
   x0, eps = dj.denoise(LIN, out, x, t, prediction=prediction)
-  np.testing.assert_allclose(got, samplers.ddim_step(x0, eps, LIN.alphas_cumprod[s][:, None]),
-                             rtol=1e-6, atol=1e-6)
+  to = dj.Point(*(c[:, None] for c in dj.point(LIN, s)))
+  np.testing.assert_allclose(got, samplers.exp_euler(x0, eps, to), rtol=1e-6, atol=1e-6)
   # ...DDIM Eq. (12) with σ = 0 in float64...
   x0r, epsr = x0_eps_ref(prediction, out, x, AB[t][:, None])
   want = np.sqrt(AB[s])[:, None] * x0r + np.sqrt(1 - AB[s])[:, None] * epsr

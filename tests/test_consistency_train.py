@@ -11,14 +11,9 @@ import numpy as np
 import pytest
 
 import _tiny
-from diffusion_jax import consistency, experiment, generate, modes, train
+from diffusion_jax import consistency, configuration, conditioning, models, tasks, workdir as workdir_lib, generate, modes, train
 
 CONFIGS = _tiny.ROOT / "configs"
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return _tiny.session_dirs(tmp_path_factory)[0]
 
 
 def _config(data_dir, name, **overrides):
@@ -54,7 +49,7 @@ def test_consistency_distillation_trains_and_samples(data_dir, v_teacher_dir, tm
   assert [m["num_points"] for m in metrics] == [5, 5, 5]
   assert all(np.isfinite(m["loss"]) for m in metrics)
 
-  np.testing.assert_array_equal(generate.sampler_grid(config)["timesteps"], [4, 9])
+  np.testing.assert_array_equal(tasks.get_task(config.task).sampling.grid(config)["timesteps"], [4, 9])
   with np.load(modes.sample(config, str(tmp_path))) as f:
     assert f["images"].shape == (8, 8, 8, 1)
   with pytest.raises(ValueError, match="--mode=eval"):
@@ -98,7 +93,7 @@ def test_bad_distillation_settings(data_dir, tmp_path, overrides, message):
   config = _config(data_dir, "digits_cd.py",
                    **({"consistency.teacher_workdir": str(tmp_path)} | overrides))
   with pytest.raises(ValueError, match=re.escape(message)):
-    experiment.validate_config(config)
+    configuration.validate_config(config)
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -109,9 +104,9 @@ def test_bad_distillation_settings(data_dir, tmp_path, overrides, message):
 ])
 def test_bad_training_settings(data_dir, overrides, message):
   with pytest.raises(ValueError, match=re.escape(message)):
-    experiment.validate_config(_config(data_dir, "digits_ct.py", **overrides))
+    configuration.validate_config(_config(data_dir, "digits_ct.py", **overrides))
 
 
 def test_default_sample_grid_is_one_step_from_the_end(data_dir):
   config = _config(data_dir, "digits_ct.py", **{"consistency.sample_timesteps": None})
-  np.testing.assert_array_equal(experiment.consistency_sample_timesteps(config), [9])
+  np.testing.assert_array_equal(tasks.consistency.sample_timesteps(config), [9])

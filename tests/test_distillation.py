@@ -221,14 +221,9 @@ def test_two_rounds_give_a_two_step_student_equal_to_the_eight_step_teacher():
 # ----------------------------------------------------------------------------
 
 import _tiny  # noqa: E402
-from diffusion_jax import experiment, modes, train  # noqa: E402
+from diffusion_jax import configuration, conditioning, models, tasks, workdir as workdir_lib, modes, train  # noqa: E402
 
 CONFIGS = _tiny.ROOT / "configs"
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return _tiny.session_dirs(tmp_path_factory)[0]
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +268,7 @@ def test_distill_rounds_checkpoints_resume_and_sample(data_dir, teacher_dir, tmp
 
   # The student samples with DDIM on its 2-step grid; bits/dim is refused.
   from diffusion_jax import generate
-  np.testing.assert_array_equal(generate.sampler_grid(config)["timesteps"], [4, 9])
+  np.testing.assert_array_equal(tasks.get_task(config.task).sampling.grid(config)["timesteps"], [4, 9])
   with np.load(modes.sample(config, str(tmp_path))) as f:
     assert f["images"].shape == (8, 8, 8, 1)
   with pytest.raises(ValueError, match="--mode=eval"):
@@ -285,7 +280,7 @@ def test_distill_rounds_checkpoints_resume_and_sample(data_dir, teacher_dir, tmp
   train.train_and_evaluate(longer, str(tmp_path))
   _tiny.assert_trees_equal(_tiny.restore(longer, tmp_path, 5)[0].frozen["teacher"],
                            _tiny.restore(longer, tmp_path, 4)[0].ema_params)
-  np.testing.assert_array_equal(generate.sampler_grid(longer)["timesteps"], [9])
+  np.testing.assert_array_equal(tasks.get_task(longer.task).sampling.grid(longer)["timesteps"], [9])
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -302,7 +297,7 @@ def test_distill_rounds_checkpoints_resume_and_sample(data_dir, teacher_dir, tmp
 def test_bad_distill_settings(data_dir, tmp_path, overrides, message):
   config = _distill_config(data_dir, tmp_path, **overrides)
   with pytest.raises(ValueError, match=re.escape(message)):
-    experiment.validate_config(config)
+    configuration.validate_config(config)
 
 
 @pytest.mark.slow

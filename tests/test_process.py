@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 import np_reference as ref
+from diffusion_jax import samplers
+from diffusion_jax.sampling import make_denoise_fn
 from diffusion_jax.process import (denoise, eps_from_score, get_v, model_output_to_x0_eps,
-                                   p_mean_variance, p_sample, p_variance,
+                                   p_mean_variance, p_variance,
                                    posterior_coefficients, predict_eps_from_v,
                                    predict_eps_from_x0, predict_x0_from_eps,
                                    predict_x0_from_v, q_mean_variance, q_posterior_general,
@@ -31,11 +33,20 @@ jq_posterior_general = jax.jit(q_posterior_general)
 jp_mean_variance = jax.jit(p_mean_variance, static_argnames=_STATIC)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
 def jp_sample(schedule, output, x_t, t, noise, prediction="eps", variance="fixed_small",
               clip_x0=None, dynamic_threshold=None):
-  return p_sample(schedule, output, x_t, t, noise, prediction=prediction, variance=variance,
-                  clip_x0=clip_x0, dynamic_threshold=dynamic_threshold)
+  """One step of the registered "ddpm" sampler from index t[b] for each example
+  b (the step draws x_{t-1} ~ p_θ(x_{t-1}|x_t), DDPM Alg. 2). Returns (x_{t-1}, x̂_0)."""
+  smp = samplers.get_sampler("ddpm", schedule, variance=variance)
+
+  def one(out, x, i, z):
+    denoise = make_denoise_fn(lambda p, x_, tt, c: out[None], schedule, None, None,
+                              prediction=prediction, variance=variance, clip_x0=clip_x0,
+                              dynamic_threshold=dynamic_threshold)
+    state, x0 = smp.step(samplers.DDPMState(x[None]),
+                         samplers.StepInput(i, jnp.int32(1), z[None]), denoise)
+    return state.x[0], x0[0]
+  return jax.jit(jax.vmap(one))(output, x_t, jnp.asarray(t, jnp.int32), noise)
 
 
 jp_variance = jax.jit(p_variance, static_argnames=("variance",))
@@ -358,7 +369,7 @@ def test_exact_denoiser_gives_true_reverse_mean(prediction, shape):
     close(pmv.mean, c["mean"], rtol=0, atol=3e-5 * scale, msg=f"{name} {prediction}")
     close(pmv.x0_hat, c["x0"], rtol=0,
           atol=3e-5 * scale / bc(np.sqrt(r["alphas_cumprod"][t]), scale))
-    # p_sample with zero noise is the mean; with noise it adds σ z.
+    # The ancestral step with zero noise is the mean; with noise it adds σ z.
     z = np.random.default_rng(8).normal(size=shape)
     smp = functools.partial(jp_sample, s, prediction=prediction, variance="fixed_large")
     x0_, _ = smp(f32(c[prediction]), f32(c["xt"]), t, np.zeros(shape, np.float32))
@@ -443,7 +454,7 @@ def test_p_mean_variance_splits_learned_output():
 
 
 @pytest.mark.parametrize("variance", ("fixed_small", "fixed_large", "learned", "learned_range"))
-def test_p_sample_no_noise_at_t0(variance):
+def test_ddpm_step_no_noise_at_t0(variance):
   s = sched("linear")
   rng = np.random.default_rng(12)
   shape = (5, 2, 2, 3)
@@ -453,11 +464,10 @@ def test_p_sample_no_noise_at_t0(variance):
   t = np.array([0, 0, 7, 999, 1], np.int32)
   noise = f32(1e3 * rng.normal(size=shape))
 
-  @jax.jit
   def run(out, xt, noise, draws):
-    x_prev, x0_hat = p_sample(s, out, xt, t, noise, variance=variance)
-    x_quiet, _ = p_sample(s, out, xt, t, jnp.zeros_like(noise), variance=variance)
-    vm = jax.vmap(lambda z: p_sample(s, out, xt, t, z, variance=variance)[0])(draws)
+    x_prev, x0_hat = jp_sample(s, out, xt, t, noise, variance=variance)
+    x_quiet, _ = jp_sample(s, out, xt, t, jnp.zeros_like(noise), variance=variance)
+    vm = [jp_sample(s, out, xt, t, z, variance=variance)[0] for z in draws]
     return x_prev, x0_hat, x_quiet, vm, p_mean_variance(s, out, xt, t, variance=variance)
 
   draws = f32(rng.normal(size=(3,) + shape))

@@ -49,7 +49,7 @@ SCRIPT = textwrap.dedent(r"""
         assert a.shape == b.shape
         close(a, b)
       assert len(many.x0.sharding.device_set) == 8
-      assert many.x0.sharding.spec == P("batch"), many.x0.sharding
+      assert many.x0.sharding.shard_shape(many.x0.shape) == (B // 8, 3), many.x0.sharding
       assert not many.trajectory.sharding.is_fully_replicated
     x_T = jax.random.normal(jax.random.key(1), (B, 3))
     close(*both(lambda **k: make_invert_fn(model_fn, schedule, **k),

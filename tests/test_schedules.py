@@ -22,7 +22,7 @@ ARRAY_FIELDS = (
     "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod",
     "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
     "posterior_variance", "posterior_log_variance_clipped",
-    "posterior_mean_coef1", "posterior_mean_coef2")
+    "posterior_mean_coef1", "posterior_mean_coef2", "logsnr")
 
 # Each stored float32 array is a rounding of a float64 value: a few ulps at most.
 RTOL = 4e-7

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import _tiny
-from diffusion_jax import experiment, train
+from diffusion_jax import configuration, conditioning, models, tasks, workdir as workdir_lib, train
 
 
 @pytest.fixture(scope="module")
@@ -46,27 +46,27 @@ def test_configs_build_without_absl(dirs):
   config.data.data_dir = data_dir
   config.train.num_steps = 7
   config.model.ch_mult = (1,)
-  spec = experiment.validate_config(config)
-  assert spec == experiment.DataSpec(image_size=8, channels=1, num_classes=None)
-  assert experiment.build_model(config, spec).ch_mult == (1,)
+  spec = configuration.validate_config(config)
+  assert spec == conditioning.DataSpec(image_size=8, channels=1, num_classes=None)
+  assert tasks.get_task(config.task).model(config, spec).ch_mult == (1,)
 
   cifar = _tiny.load_config_file(_tiny.ROOT / "configs" / "cifar10_ddpm.py")
   assert (cifar.data.image_size, cifar.model.ch, cifar.train.num_steps) == (32, 128, 800_000)
   # The tiny test config is the digits config plus overrides.
   tiny = _tiny.make_config(data_dir, {"train.num_steps": 3})
   assert tiny.train.num_steps == 3 and tiny.model.ch == 8
-  experiment.validate_config(tiny)
+  configuration.validate_config(tiny)
 
 
 def test_cifar10_ddpm_parameter_count():
   """Ho et al.'s CIFAR-10 UNet: 35,746,307 parameters (shapes only)."""
   config = _tiny.load_config_file(_tiny.ROOT / "configs" / "cifar10_ddpm.py")
-  spec = experiment.DataSpec(image_size=config.data.image_size,
+  spec = conditioning.DataSpec(image_size=config.data.image_size,
                              channels=config.data.channels, num_classes=None)
-  model = experiment.build_model(config, spec)
-  shapes = jax.eval_shape(functools.partial(experiment.init_params, model, spec),
+  model = tasks.get_task(config.task).model(config, spec)
+  shapes = jax.eval_shape(functools.partial(models.init_params, model, spec),
                           jax.random.key(0))
-  assert experiment.count_params(shapes) == 35_746_307
+  assert models.count_params(shapes) == 35_746_307
 
 
 def test_shape_signature_names_settings(dirs):
@@ -74,11 +74,11 @@ def test_shape_signature_names_settings(dirs):
   compute dtype do not change parameter shapes and are not part of it."""
   data_dir, _ = dirs
   base = _tiny.make_config(data_dir)
-  spec = experiment.validate_config(base)
-  sig = experiment.shape_signature(base, spec)
+  spec = configuration.validate_config(base)
+  sig = workdir_lib.shape_signature(base, spec)
   assert sig["model.ch"] == 8 and "model.dropout" not in sig and "model.dtype" not in sig
   other = _tiny.make_config(data_dir, {"model.dropout": 0.3, "model.dtype": "bfloat16"})
-  assert experiment.shape_signature(other, spec) == sig
+  assert workdir_lib.shape_signature(other, spec) == sig
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -100,7 +100,7 @@ def test_warmup_zero_means_constant_learning_rate(dirs):
   data_dir, _ = dirs
   config = _tiny.make_config(data_dir, {"train.warmup_steps": 0, "train.grad_clip": 0.0})
   params = {"w": jax.numpy.ones((3,))}
-  opt = train.make_optimizer(config.train)
+  opt = configuration.build_optimizer(config)
   updates, _ = opt.update({"w": jax.numpy.ones((3,))}, opt.init(params), params)
   # Adam's first update is -lr * g / (|g| + eps) ~ -lr: the step is not wasted.
   np.testing.assert_allclose(updates["w"], -config.train.learning_rate, rtol=1e-4)

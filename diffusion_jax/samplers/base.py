@@ -1,4 +1,4 @@
-"""The sampler protocol and the one registry of sampler names.
+"""The sampler protocol and the one registry of samplers, with their facts as data.
 
 A sampler is an optax/diffrax-style pair of pure functions over a fixed-shape
 NamedTuple state, so that the whole chain is one `jax.lax.scan`:
@@ -9,17 +9,26 @@ NamedTuple state, so that the whole chain is one `jax.lax.scan`:
       state, x0_hat = sampler.step(state, StepInput(i, n, noise), denoise)
     x0 = state.x
 
-* The *sampling schedule* has one entry per step: for K steps over a training
-  schedule it is `schedules.respace(schedule, make_timesteps(T, K, spacing))`,
-  so entry i holds ᾱ of the i-th grid point and `alphas_cumprod_prev[i]` that of
-  the next, less noisy one (1 after the last). `sched.timesteps[i]` is the
-  training index that the model receives.
+* The *sampling schedule* has one entry per grid point: for K steps over a
+  training schedule it is `schedules.sampling_schedule(schedule, K, ...)`, so
+  entry i holds the noise level of the i-th grid point; step i goes from grid
+  point i to i-1 (-1: clean data). Samplers read α, σ and λ only through
+  `schedules.point(sched, i)`, one numerical policy for all of them, and
+  build their updates from the shared steps in `samplers/steps.py`.
+  `sched.timesteps[i]` is the training index that the model receives.
 * `denoise(x_t, i) -> Denoised` wraps the model, the parameterization, the
-  clipping and the dtype cast (built once by `sampling.make_denoise_fn`), so
-  every sampler gets them for free. It is the only place the model is called.
+  clipping and the dtype cast (`sampling.make_denoise_fn`, over the one
+  adapter `process.denoise_output`), so every sampler gets them for free. A
+  step may call it more than once (two-stage solvers such as Heun evaluate
+  the model at the next grid point too).
 * The engine, not the sampler, draws the noise: `StepInput.noise` is N(0, I) of
   x's shape when `sampler.stochastic`, else None. Samplers never touch keys.
 * Every state has a field `x` [B, ...] holding the current sample.
+
+Each sampler registers its facts as data (`register_sampler`): its order as
+an ODE solver (None for ancestral samplers), its default time grid, whether
+it is ancestral, how many model calls a step makes, and its options (e.g.
+DDIM's `eta`). One convergence test covers every deterministic sampler.
 
 Samplers never call `jax.jit`; `sampling.make_sample_fn` jits the whole chain.
 """
@@ -31,20 +40,14 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 
-from diffusion_jax.schedules import Schedule
+from diffusion_jax._checks import ArgumentError, check_choice
+from diffusion_jax.process import Denoised
+from diffusion_jax.schedules import TIME_GRIDS, Schedule
 
-__all__ = ["Denoised", "DenoiseFn", "StepInput", "Sampler", "SAMPLERS",
+__all__ = ["Denoised", "DenoiseFn", "StepInput", "Sampler", "SamplerInfo", "SAMPLERS",
            "register_sampler", "get_sampler", "sampler_options"]
 
 Array = jax.Array
-
-
-class Denoised(NamedTuple):
-  """What the model says about x_t at one grid point (all float32)."""
-  x0: Array                    # [B, ...] x̂_0, clipped/thresholded if asked
-  eps: Array                   # [B, ...] ε̂, with x_t = √ᾱ x̂_0 + √(1-ᾱ) ε̂
-  var_output: Optional[Array]  # [B, ...] variance channels (learned variances) or None
-
 
 # (x_t [B, ...] float32, i int32 [] index into the sampling schedule) -> Denoised.
 DenoiseFn = Callable[[Array, Array], Denoised]
@@ -53,7 +56,7 @@ DenoiseFn = Callable[[Array, Array], Denoised]
 class StepInput(NamedTuple):
   """The per-step input of `Sampler.step` (built by the engine inside the scan)."""
   index: Array            # int32 [], grid index i of the current x in the sampling schedule
-  step: Array             # int32 [], step number n = 1..K (1 = first model call)
+  step: Array             # int32 [], step number n = 1..K (1 = first step)
   noise: Optional[Array]  # [B, ...] fresh N(0, I) if the sampler is stochastic, else None
 
 
@@ -62,8 +65,7 @@ class Sampler(NamedTuple):
 
   init: x [B, ...] float32 -> state, a NamedTuple of fixed-shape arrays with a
     field `x`.
-  step: (state, StepInput, DenoiseFn) -> (state, x0_hat [B, ...]). It calls the
-    denoiser exactly once (one network evaluation per step).
+  step: (state, StepInput, DenoiseFn) -> (state, x0_hat [B, ...]).
   stochastic: whether `step` needs `StepInput.noise`.
   """
   init: Callable[[Array], Any]
@@ -72,30 +74,53 @@ class Sampler(NamedTuple):
 
 
 SamplerFactory = Callable[..., Sampler]
-SAMPLERS: dict[str, SamplerFactory] = {}
 
 
-def register_sampler(name: str) -> Callable[[SamplerFactory], SamplerFactory]:
-  """Decorator adding `factory(sched, **options) -> Sampler` to `SAMPLERS`."""
+class SamplerInfo(NamedTuple):
+  """A registered sampler: its factory and its facts."""
+  factory: SamplerFactory    # (sched, **options) -> Sampler
+  order: Optional[int]       # order of the deterministic chain as an ODE solver; None: ancestral
+  default_spacing: str       # the time grid (`schedules.TIME_GRIDS`) when none is given
+  ancestral: bool            # draws fresh noise at every step, whatever its options
+  nfe_per_step: int          # model calls per step (at most)
+  options: tuple[str, ...]   # keyword options besides the schedule (from the signature)
+
+  @property
+  def takes_eta(self) -> bool:
+    return "eta" in self.options
+
+
+SAMPLERS: dict[str, SamplerInfo] = {}
+
+
+def register_sampler(name: str, *, order: Optional[int], default_spacing: str = "linspace",
+                     ancestral: bool = False, nfe_per_step: int = 1
+                     ) -> Callable[[SamplerFactory], SamplerFactory]:
+  """Decorator adding `factory(sched, **options) -> Sampler` to `SAMPLERS` with its facts."""
+  check_choice("default_spacing", default_spacing, TIME_GRIDS)
+  if ancestral != (order is None):
+    raise ValueError(f"Sampler {name!r}: an ancestral sampler has order None, a deterministic "
+                     f"one an integer order (got order={order!r}, ancestral={ancestral!r}).")
+
   def add(factory: SamplerFactory) -> SamplerFactory:
     if name in SAMPLERS:
       raise ValueError(f"A sampler named {name!r} is already registered.")
-    SAMPLERS[name] = factory
+    params = inspect.signature(factory).parameters
+    options = tuple(p for p in params if params[p].kind == inspect.Parameter.KEYWORD_ONLY)
+    SAMPLERS[name] = SamplerInfo(factory, order, default_spacing, ancestral, nfe_per_step,
+                                 options)
     return factory
   return add
 
 
-def _check_name(name: str) -> SamplerFactory:
-  if not isinstance(name, str) or name not in SAMPLERS:
-    raise ValueError(
-        f"Unknown sampler {name!r}; known samplers: {sorted(SAMPLERS)}.")
+def _info(name: str) -> SamplerInfo:
+  check_choice("sampler", name, sorted(SAMPLERS))
   return SAMPLERS[name]
 
 
 def sampler_options(name: str) -> tuple[str, ...]:
   """The keyword options (besides the schedule) that sampler `name` accepts."""
-  params = inspect.signature(_check_name(name)).parameters
-  return tuple(p for p in params if params[p].kind == inspect.Parameter.KEYWORD_ONLY)
+  return _info(name).options
 
 
 def get_sampler(name: str, sched: Schedule, **options) -> Sampler:
@@ -104,10 +129,9 @@ def get_sampler(name: str, sched: Schedule, **options) -> Sampler:
   Raises ValueError for an unknown name (listing the registry) or an option the
   sampler does not take.
   """
-  factory = _check_name(name)
-  allowed = sampler_options(name)
-  unknown = sorted(set(options) - set(allowed))
+  info = _info(name)
+  unknown = sorted(set(options) - set(info.options))
   if unknown:
-    raise ValueError(
-        f"Sampler {name!r} does not take option(s) {unknown}; it takes {list(allowed)}.")
-  return factory(sched, **options)
+    raise ArgumentError(unknown[0], f"Sampler {name!r} does not take option(s) {unknown}; it "
+                                    f"takes {list(info.options)}.")
+  return info.factory(sched, **options)

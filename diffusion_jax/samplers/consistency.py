@@ -2,10 +2,10 @@
 
 The model is a consistency model f(x_t, t) ≈ x_0 (`consistency.consistency_model_fn`),
 given to the engine as an x0-predictor (`prediction="x0"`). From grid point i
-(ᾱ_t = ᾱ_i) to the next, less noisy one (ᾱ_s = `sched.alphas_cumprod_prev[i]`,
-1 after the last):
+to the next, less noisy one (α_s = √ᾱ_s and σ_s = √(1-ᾱ_s) from
+`schedules.point(sched, i - 1)`, clean data after the last):
 
-    x̂_0 = f(x, t_i),    x_s = √ᾱ_s x̂_0 + √(1-ᾱ_s) z,    z ~ N(0, I) fresh,
+    x̂_0 = f(x, t_i),    x_s = α_s x̂_0 + σ_s z,    z ~ N(0, I) fresh,
 
 i.e. jump to the end of the trajectory, then re-noise to the next grid point
 with q(x_s|x̂_0) (DDPM Eq. (4)). The last step has ᾱ_s = 1 and returns x̂_0
@@ -28,11 +28,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from diffusion_jax.samplers.base import (DenoiseFn, Sampler, StepInput,
                                          register_sampler)
-from diffusion_jax.schedules import Schedule
+from diffusion_jax.schedules import Schedule, point
 
 __all__ = ["ConsistencyState", "consistency"]
 
@@ -41,7 +40,7 @@ class ConsistencyState(NamedTuple):
   x: jax.Array  # [B, ...] float32, the current sample
 
 
-@register_sampler("consistency")
+@register_sampler("consistency", order=None, default_spacing="trailing", ancestral=True)
 def consistency(sched: Schedule) -> Sampler:
   """Multistep consistency sampling (Alg. 1) on the sampling schedule `sched` (K entries)."""
 
@@ -51,8 +50,8 @@ def consistency(sched: Schedule) -> Sampler:
   def step(state: ConsistencyState, inp: StepInput, denoise: DenoiseFn):
     x, i = state.x, inp.index
     x0 = denoise(x, i).x0
-    a_s = sched.alphas_cumprod_prev[i]
-    x_s = jnp.sqrt(a_s) * x0 + jnp.sqrt(1.0 - a_s) * inp.noise
+    to = point(sched, i - 1)
+    x_s = to.alpha * x0 + to.sigma * inp.noise      # q(x_s | x̂_0), DDPM Eq. (4)
     return ConsistencyState(x=x_s.astype(x.dtype)), x0
 
   return Sampler(init=init, step=step, stochastic=True)

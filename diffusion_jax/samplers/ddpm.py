@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import process
+from diffusion_jax._checks import ArgumentError
 from diffusion_jax.samplers.base import (DenoiseFn, Sampler, StepInput,
                                          register_sampler)
 from diffusion_jax.schedules import Schedule
@@ -33,7 +34,7 @@ class DDPMState(NamedTuple):
   x: jax.Array  # [B, ...] float32, the current sample x_i
 
 
-@register_sampler("ddpm")
+@register_sampler("ddpm", order=None, ancestral=True)
 def ddpm(sched: Schedule, *, variance: str = "fixed_small") -> Sampler:
   """Ancestral sampler on the sampling schedule `sched` (K entries).
 
@@ -46,10 +47,10 @@ def ddpm(sched: Schedule, *, variance: str = "fixed_small") -> Sampler:
   process.check_variance(variance)
   K = sched.num_timesteps
   if variance == "learned" and not np.array_equal(np.asarray(sched.timesteps), np.arange(K)):
-    raise ValueError(
-        "variance='learned' outputs the log-variance of one training step, which is "
-        "not defined on a respaced chain; use variance='learned_range' (IDDPM §4) "
-        "or all T steps.")
+    raise ArgumentError(
+        "variance", "variance='learned' outputs the log-variance of one training step, which "
+        "is not defined on a respaced chain; use variance='learned_range' (IDDPM §4) or all "
+        "T steps.")
 
   def init(x):
     return DDPMState(x=x)

@@ -3,7 +3,8 @@
 With α = √ᾱ, σ = √(1-ᾱ) and λ = log(α/σ), one step from grid point i (t) to
 the next, less noisy one (s), with h = λ_s - λ_t and D_0 = x̂_0(x_t, t):
   x_s = (σ_s/σ_t) x_t - α_s (e^{-h} - 1) D                 (exponential integrator)
-  1st order (= DDIM η=0):  D = D_0
+  1st order (= DDIM η=0):  D = D_0, i.e. x_s = α_s D_0 + σ_s ε̂ (`steps.exp_euler`,
+                           which every order starts from)
   2M (Alg. 2):             D = D_0 + (D_0 - D_{-1}) / (2 r_0),   r_0 = h_{-1}/h
   3M (as in k-diffusion / diffusers), with D1_0 = (D_0 - D_{-1})/r_0,
      D1_1 = (D_{-1} - D_{-2})/r_1, r_1 = h_{-2}/h:
@@ -23,9 +24,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.samplers.base import (DenoiseFn, Sampler, StepInput,
-                                         register_sampler)
-from diffusion_jax.schedules import Schedule
+from diffusion_jax._checks import ArgumentError
+from diffusion_jax.samplers.base import DenoiseFn, Sampler, StepInput, register_sampler
+from diffusion_jax.samplers.steps import exp_euler
+from diffusion_jax.schedules import Schedule, point
 
 __all__ = ["DPMSolverState", "dpm_solver_pp", "dpmpp_2m", "dpmpp_3m"]
 
@@ -37,14 +39,10 @@ class DPMSolverState(NamedTuple):
   h_hist: jax.Array   # [order-1] float32, h_{-1}, h_{-2}
 
 
-def _log_alpha_sigma(alpha_bar):
-  return 0.5 * jnp.log(alpha_bar), 0.5 * jnp.log1p(-alpha_bar)
-
-
 def dpm_solver_pp(sched: Schedule, order: int) -> Sampler:
   """DPM-Solver++ multistep of `order` 1, 2 or 3 on the sampling schedule `sched`."""
   if order not in (1, 2, 3):
-    raise ValueError(f"order must be 1, 2 or 3, got {order!r}.")
+    raise ArgumentError("order", f"order must be 1, 2 or 3, got {order!r}.")
   m = max(order - 1, 1)
 
   def init(x):
@@ -53,20 +51,19 @@ def dpm_solver_pp(sched: Schedule, order: int) -> Sampler:
 
   def step(state: DPMSolverState, inp: StepInput, denoise: DenoiseFn):
     x, i, n = state.x, inp.index, inp.step
-    d0 = denoise(x, i).x0
-    log_a_t, log_s_t = _log_alpha_sigma(sched.alphas_cumprod[i])
-    log_a_s, log_s_s = _log_alpha_sigma(sched.alphas_cumprod_prev[i])
-    alpha_s = jnp.exp(log_a_s)
-    h = (log_a_s - log_s_s) - (log_a_t - log_s_t)     # +inf at the final step
+    d = denoise(x, i)
+    d0 = d.x0
+    frm, to = point(sched, i), point(sched, i - 1)
+    h = to.logsnr - frm.logsnr                       # +inf at the final step
     phi1 = jnp.expm1(-h)                             # e^{-h} - 1, -1 at h = ∞
     final = i == 0
-    x_s = jnp.exp(log_s_s - log_s_t) * x - alpha_s * phi1 * d0
+    x_s = exp_euler(d0, d.eps, to)                   # the first-order (DDIM) step
     if order >= 2:
       use2 = (n >= 2) & ~final
       r0 = jnp.where(use2, state.h_hist[0] / h, 1.0)
       d1_0 = (d0 - state.x0_hist[0]) / r0
       if order == 2:
-        corr = -alpha_s * phi1 * 0.5 * d1_0
+        corr = -to.alpha * phi1 * 0.5 * d1_0
       else:
         use3 = (n >= 3) & ~final
         r1 = jnp.where(use3, state.h_hist[1] / h, 1.0)
@@ -75,8 +72,8 @@ def dpm_solver_pp(sched: Schedule, order: int) -> Sampler:
         d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
         d2 = (d1_0 - d1_1) / (r0 + r1)
         p1 = jnp.expm1(-hs)
-        corr3 = alpha_s * ((p1 / hs + 1.0) * d1 - ((p1 + hs) / hs ** 2 - 0.5) * d2)
-        corr = jnp.where(use3, corr3, -alpha_s * phi1 * 0.5 * d1_0)
+        corr3 = to.alpha * ((p1 / hs + 1.0) * d1 - ((p1 + hs) / hs ** 2 - 0.5) * d2)
+        corr = jnp.where(use3, corr3, -to.alpha * phi1 * 0.5 * d1_0)
       x_s = jnp.where(use2, x_s + corr, x_s)
     x0_hist = jnp.concatenate([d0[None], state.x0_hist[:-1]]) if order >= 2 else state.x0_hist
     h_hist = jnp.concatenate([h[None], state.h_hist[:-1]]) if order >= 2 else state.h_hist
@@ -87,13 +84,13 @@ def dpm_solver_pp(sched: Schedule, order: int) -> Sampler:
   return Sampler(init=init, step=step, stochastic=False)
 
 
-@register_sampler("dpmpp_2m")
+@register_sampler("dpmpp_2m", order=2, default_spacing="logsnr")
 def dpmpp_2m(sched: Schedule) -> Sampler:
   """DPM-Solver++(2M), Lu et al. 2022 Alg. 2; second order (first at the ends)."""
   return dpm_solver_pp(sched, 2)
 
 
-@register_sampler("dpmpp_3m")
+@register_sampler("dpmpp_3m", order=3, default_spacing="logsnr")
 def dpmpp_3m(sched: Schedule) -> Sampler:
   """DPM-Solver++(3M); third order (lower at the first two steps and the last)."""
   return dpm_solver_pp(sched, 3)

@@ -1,0 +1,62 @@
+"""The device mesh: built in one place for training and sampling.
+
+The mesh has the named axes `MESH_AXES` = ("data", "fsdp") (MaxText /
+maxdiffusion style; a "tensor" axis can be appended later). The batch is
+sharded over all of them (`BATCH_AXES`), so the same program runs on 1 CPU,
+8 GPUs or a pod slice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from diffusion_jax._checks import ArgumentError, is_int
+
+__all__ = ["MESH_AXES", "BATCH_AXES", "make_mesh", "replicated", "batch_sharded"]
+
+MESH_AXES = ("data", "fsdp")
+BATCH_AXES = MESH_AXES  # The batch dimension is split over every mesh axis.
+
+
+def make_mesh(devices: Sequence[Any] | None = None, *, data: int = -1,
+              fsdp: int = 1) -> Mesh:
+  """A `data × fsdp` mesh over `devices` (None: every device of every process).
+
+  One of `data`, `fsdp` may be -1, meaning all remaining devices; their
+  product must equal the number of devices.
+  """
+  devs = list(jax.devices() if devices is None else devices)
+  if not devs:
+    raise ArgumentError("devices", "devices must be None or a non-empty sequence of devices.")
+  sizes = {"data": data, "fsdp": fsdp}
+  for name, size in sizes.items():
+    if not is_int(size) or (size < 1 and size != -1):
+      raise ArgumentError(name, f"mesh axis {name} must be a positive integer or -1 (all "
+                                f"remaining devices), got {size!r}.")
+  free = [name for name, size in sizes.items() if size == -1]
+  if len(free) > 1:
+    raise ArgumentError(free[1], f"only one mesh axis may be -1, got {sizes}.")
+  fixed = int(np.prod([size for size in sizes.values() if size != -1]))
+  if free:
+    if len(devs) % fixed:
+      raise ArgumentError(free[0], f"the mesh axes {sizes} do not divide the {len(devs)} "
+                                   "devices.")
+    sizes[free[0]] = len(devs) // fixed
+  if sizes["data"] * sizes["fsdp"] != len(devs):
+    raise ArgumentError("data", f"the mesh axes {sizes} must multiply to the number of "
+                                f"devices, {len(devs)}.")
+  grid = np.asarray(devs, dtype=object).reshape(sizes["data"], sizes["fsdp"])
+  return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """The leading (batch) dimension split over every mesh axis."""
+  return NamedSharding(mesh, P(BATCH_AXES))

@@ -1,0 +1,111 @@
+"""The task protocol: what a training task contributes, as a small object.
+
+A task (big_vision's task modules, in the style of an optax NamedTuple) is
+chosen by `config.task` from the one registry in `tasks/__init__.py`. The
+trainer, the sampler and the CLI modes call its fields and never branch on
+its name:
+
+  * `validate(config, spec)`: the task's own settings (ConfigError);
+  * `model(config, spec)`: the network it trains;
+  * `loss(params, state, batch, rng, *, model, schedule, config, spec)`:
+    `(mean loss, metrics)` on a global batch;
+  * `init_frozen(config, params)` / `update_frozen(config, frozen, params,
+    step)`: parameters the optimizer does not touch (a teacher, a target
+    network) and how they follow the trained ones after each update;
+  * `step_hook(config, optimizer)`: a `StepHook` run before some steps (a
+    round of progressive distillation), or None;
+  * `sampling`: how it samples (`Sampling`), None if it does not generate;
+  * `evaluate(config, spec, net, schedule, params, batches, rng)`: its
+    `--mode=eval` result and a one-line summary, or None;
+  * `teacher_setting(config)`: the config path of its teacher workdir, or None.
+
+A task module imports only lower layers (the data spec, the models, the
+library); adding a task is one module plus one registry line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import flax.linen as nn
+
+from diffusion_jax import sampling
+from diffusion_jax._checks import config_errors
+from diffusion_jax.conditioning import DataSpec, model_inputs
+from diffusion_jax.samplers import SAMPLERS
+
+__all__ = ["Task", "Sampling", "StepHook", "training_model", "frozen_model",
+           "default_grid", "diffusion_prediction", "sampler_eta", "validate_sampling"]
+
+
+class StepHook(NamedTuple):
+  """A pure state -> state function run before steps 1, 1 + every, 1 + 2 every, ...
+  (the trainer jits it, donating the state)."""
+  every: int
+  fn: Callable[[Any], Any]
+
+
+class Sampling(NamedTuple):
+  """How a generative task samples with `make_sample_fn`."""
+  # (config, model_fn, schedule) -> the model_fn the sampler calls.
+  model_fn: Callable
+  # config -> the time-grid keywords of make_sample_fn (num_steps/spacing or timesteps).
+  grid: Callable
+  # config -> what the wrapped model_fn predicts ("eps" | "x0" | "v").
+  prediction: Callable
+
+
+class Task(NamedTuple):
+  name: str
+  validate: Callable[[Any, DataSpec], None]
+  model: Callable[[Any, DataSpec], nn.Module]
+  loss: Callable
+  needs_labels: bool = False
+  init_frozen: Optional[Callable] = None
+  update_frozen: Optional[Callable] = None
+  step_hook: Optional[Callable] = None
+  sampling: Optional[Sampling] = None
+  evaluate: Optional[Callable] = None
+  teacher_setting: Callable[[Any], Optional[str]] = lambda config: None
+
+
+def training_model(model: nn.Module, params, cond, rng):
+  """The network in training mode as `denoiser(x_t, t) -> output` (dropout from rng)."""
+  return lambda x_t, t: model.apply({"params": params}, x_t, t, **model_inputs(cond),
+                                    train=True, rngs={"dropout": rng})
+
+
+def frozen_model(model: nn.Module, params, cond):
+  """A frozen network (teacher or target) as `denoiser(x_t, t)`: no dropout."""
+  return lambda x_t, t: model.apply({"params": params}, x_t, t, **model_inputs(cond),
+                                    train=False)
+
+
+def default_grid(config) -> dict:
+  """The sampler's time grid of `config.sample` (num_steps, spacing)."""
+  return {"num_steps": config.sample.num_steps, "spacing": config.sample.spacing}
+
+
+def diffusion_prediction(config) -> str:
+  return config.diffusion.prediction
+
+
+def validate_sampling(config, schedule, task_sampling: Sampling) -> None:
+  """Builds the config's sampler (`sampling.build_sampler`) on the task's grid,
+  re-raising its errors as ConfigErrors naming the `sample.*` setting."""
+  s, d = config.sample, config.diffusion
+  grid = task_sampling.grid(config)
+  with config_errors(config, sampler="sample.sampler", num_steps="sample.num_steps",
+                     spacing="sample.spacing", eta="sample.eta", clip_x0="sample.clip_x0",
+                     variance="diffusion.variance", prediction="diffusion.prediction",
+                     timesteps="sample.num_steps"):
+    sampling.build_sampler(
+        schedule, sampler=s.sampler, eta=sampler_eta(config),
+        prediction=task_sampling.prediction(config), variance=d.variance,
+        clip_x0=s.clip_x0, **grid)
+
+
+def sampler_eta(config) -> float:
+  """`sample.eta` is DDIM's η: the samplers without an η option ignore it."""
+  info = SAMPLERS.get(config.sample.sampler)
+  return config.sample.eta if info is not None and info.takes_eta else 0.0

@@ -1,0 +1,112 @@
+"""The run directory: its saved config and the checks against it.
+
+A training workdir holds `config.json` (the run's config and the settings
+that shape its parameters), `checkpoints/`, metrics and samples. This module
+reads and writes `config.json` and refuses a config whose parameter shapes
+differ from the saved run's, or a teacher whose settings differ from the
+student's, before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+from diffusion_jax.conditioning import DataSpec
+from diffusion_jax.errors import ConfigError
+
+__all__ = ["config_to_json", "shape_signature", "load_run_config", "check_teacher_compatible",
+           "check_workdir_compatible", "write_config", "TEACHER_SETTINGS"]
+
+# Diffusion settings a student must share with its teacher (besides the network).
+TEACHER_SETTINGS = ("schedule", "num_timesteps", "rescale_to_zero_terminal_snr",
+                    "prediction", "variance")
+
+
+def config_to_json(config) -> str:
+  return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def _model_signature(config) -> dict[str, Any]:
+  """The model settings that shape the parameters, named as on the CLI."""
+  model = json.loads(config_to_json(config.model))
+  for name in ("dropout", "dtype", "remat"):  # No effect on the parameters' shapes.
+    model.pop(name, None)
+  if model.get("name") == "unet":  # Runs saved before networks had names are UNets.
+    model.pop("name")
+  return {f"model.{k}": v for k, v in model.items()}
+
+
+def shape_signature(config, spec: DataSpec) -> dict[str, Any]:
+  """The config fields that determine parameter shapes (for resume checks)."""
+  sig = _model_signature(config)
+  sig.update({"task": config.task,
+              "data.image_size": spec.image_size, "data.channels": spec.channels,
+              "diffusion.variance": config.diffusion.variance,
+              "num_classes": spec.num_classes})
+  return sig
+
+
+def load_run_config(workdir: str, setting: str) -> ml_collections.ConfigDict:
+  """The config saved in a training workdir (`config.json`); `setting` names
+  the option that pointed there, for the error message."""
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f)["config"])
+  except (OSError, json.JSONDecodeError, KeyError) as e:
+    raise ConfigError(f"{setting}={workdir!r} holds no readable training run "
+                      f"({type(e).__name__}: {e}); train it first.") from None
+
+
+def check_teacher_compatible(teacher_config, config, setting: str) -> None:
+  """Refuses a teacher that is not a diffusion model with this config's network,
+  image size and diffusion settings (the student starts from its weights)."""
+  if teacher_config.get("task") != "diffusion":
+    raise ConfigError(f"{setting} must hold a task='diffusion' run, got "
+                      f"task={teacher_config.get('task')!r}.")
+
+  def settings(c):
+    d = json.loads(config_to_json(c.diffusion))
+    return (_model_signature(c) | {f"diffusion.{k}": d.get(k) for k in TEACHER_SETTINGS}
+            | {"data.image_size": c.data.image_size, "data.channels": c.data.channels})
+  theirs, ours = settings(teacher_config), settings(config)
+  diff = {k: (theirs.get(k), v) for k, v in ours.items() if theirs.get(k) != v}
+  if diff:
+    raise ConfigError(f"{setting}: the teacher's settings differ from this config's "
+                      f"(teacher vs student: {diff}); the student starts from the "
+                      "teacher's weights, so they must agree.")
+
+
+def check_workdir_compatible(workdir: str, config, spec: DataSpec) -> None:
+  """Refuses a workdir whose saved config has different parameter shapes."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ConfigError(f"--workdir={workdir!r}: cannot read {path}: {e}") from None
+  old = saved.get("shape_signature")
+  new = shape_signature(config, spec)
+  # Settings absent from an older signature are not compared.
+  diff = {k: (old[k], new[k]) for k in sorted(set(old or {}) & set(new))
+          if old[k] != new[k]}
+  if diff:
+    raise ConfigError(
+        f"--workdir={workdir!r} holds a checkpoint of a different model shape "
+        f"(saved vs requested: {diff}). Use a new --workdir, or the saved settings.")
+
+
+def write_config(workdir: str, config, spec: DataSpec) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  payload = {"config": json.loads(config_to_json(config)),
+             "shape_signature": shape_signature(config, spec)}
+  tmp = os.path.join(workdir, "config.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+  os.replace(tmp, os.path.join(workdir, "config.json"))
