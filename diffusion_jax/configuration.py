@@ -103,5 +103,5 @@ def validate_config(config) -> DataSpec:
     raise ConfigError(f"model.{e}") from None
   task.validate(config, spec)
   if task.sampling is not None:
-    validate_sampling(config, schedule, task.sampling)
+    validate_sampling(config, spec, schedule, task.sampling)
   return spec

@@ -126,6 +126,12 @@ def get_default_config() -> ml_collections.ConfigDict:
   ev.max_examples = 128         # test images for the bound (T forwards each); None = all
   ev.chunk_size = 50            # timesteps evaluated at once (memory bound)
 
-  config.distributed = ml_collections.ConfigDict()
-  config.distributed.initialize = False  # call jax.distributed.initialize() (multi-host)
+  # Several processes (jax.distributed): set the three below, or initialize=True
+  # to detect them from the cluster (TPU pod slices, SLURM, Open MPI, Kubernetes).
+  config.distributed = dist = ml_collections.ConfigDict()
+  dist.initialize = False       # start jax.distributed with auto-detected settings
+  dist.coordinator_address = config_dict.placeholder(str)  # "host:port" of process 0
+  dist.num_processes = config_dict.placeholder(int)
+  dist.process_id = config_dict.placeholder(int)           # 0 .. num_processes - 1
+  dist.heartbeat_timeout = 100  # s without heartbeats before the others stop (a dead process)
   return config

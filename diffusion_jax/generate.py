@@ -18,6 +18,7 @@ import numpy as np
 from diffusion_jax import guidance, models, runs, tasks, writers
 from diffusion_jax.conditioning import DataSpec, make_cond, null_cond_fn
 from diffusion_jax.errors import ConfigError
+from diffusion_jax.mesh import is_primary, to_host
 from diffusion_jax.models.classifier import NoisyClassifier
 from diffusion_jax.samplers import SAMPLERS
 from diffusion_jax.sampling import make_sample_fn, sampling_schedule
@@ -107,13 +108,16 @@ class Generator:
 
   def __call__(self, params, num_samples: int, labels=None, *, seed: int = 0,
                **scales) -> np.ndarray:
-    """float32 [num_samples, H, W, C] in [-1, 1]; batch b uses fold_in(key, b)."""
+    """float32 [num_samples, H, W, C] in [-1, 1], on every process.
+
+    Sample i (label `labels[i]`) is drawn with `sample_fn`'s global index i
+    (`first_index`), so the samples do not depend on `batch_size`.
+    """
     bs, key, out = self.batch_size, jax.random.key(seed), []
-    for b in range(-(-num_samples // bs)):
-      chunk = None if labels is None else np.resize(labels[b * bs:(b + 1) * bs], bs)
-      x = self.sample_fn(params, jax.random.fold_in(key, b),
-                         cond=self.cond(chunk, **scales))
-      out.append(np.asarray(x))
+    for first in range(0, num_samples, bs):
+      chunk = None if labels is None else np.resize(labels[first:first + bs], bs)
+      x = self.sample_fn(params, key, cond=self.cond(chunk, **scales), first_index=first)
+      out.append(to_host(x))
     return np.concatenate(out)[:num_samples]
 
 
@@ -141,12 +145,13 @@ def make_generator(config, spec: DataSpec, model_fn, schedule, params, batch_siz
 
 
 def write_grid(generator: Generator, params, path: str, *, seed: int) -> str:
-  """A PNG grid of `config.sample.grid_size` samples (one row per class if conditional)."""
+  """A PNG grid of `config.sample.grid_size` samples (one row per class if
+  conditional). Every process samples; process 0 writes the file."""
   spec, n = generator.spec, generator.config.sample.grid_size
   labels, ncols = None, None
   if spec.conditioning != "none":
     ncols = -(-n // spec.num_classes)
     labels = np.repeat(np.arange(spec.num_classes, dtype=np.int32), ncols)[:n]
   images = generator(params, n, labels, seed=seed)
-  return writers.save_image_grid(path, images, ncols=ncols)
+  return writers.save_image_grid(path, images, ncols=ncols) if is_primary() else path
 

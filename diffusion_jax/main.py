@@ -73,9 +73,13 @@ def _preflight(argv) -> None:
 def main(argv) -> None:
   del argv
   config = _CONFIG.value
-  if config.distributed.initialize:
-    import jax
-    jax.distributed.initialize()
+  dist = config.distributed
+  if dist.initialize or any(dist[k] is not None for k in (
+      "coordinator_address", "num_processes", "process_id")):
+    from diffusion_jax import mesh
+    mesh.initialize_distributed(
+        coordinator_address=dist.coordinator_address, num_processes=dist.num_processes,
+        process_id=dist.process_id, heartbeat_timeout=dist.heartbeat_timeout)
   logging.set_verbosity(logging.ERROR)  # tfds warns about optional OpenCV on every read.
   from diffusion_jax import modes, train
   if FLAGS.mode == "describe":
@@ -83,6 +87,9 @@ def main(argv) -> None:
     return
   if not FLAGS.workdir:
     raise UsageError(f"--workdir is required for --mode={FLAGS.mode}.")
+  if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+    raise UsageError(f"--workdir={FLAGS.workdir!r} is a file; give a directory (it is "
+                     "created if missing).")
   if FLAGS.mode == "train":
     train.train_and_evaluate(config, FLAGS.workdir)
   elif FLAGS.mode == "sample":

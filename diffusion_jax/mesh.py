@@ -1,4 +1,4 @@
-"""The device mesh: built in one place for training and sampling.
+"""The device mesh, built in one place for training and sampling, and multi-process start-up.
 
 The mesh has the named axes `MESH_AXES` = ("data", "fsdp") (MaxText /
 maxdiffusion style; a "tensor" axis can be appended later). The batch is
@@ -16,7 +16,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from diffusion_jax._checks import ArgumentError, is_int
 
-__all__ = ["MESH_AXES", "BATCH_AXES", "make_mesh", "replicated", "batch_sharded"]
+__all__ = ["MESH_AXES", "BATCH_AXES", "make_mesh", "replicated", "batch_sharded",
+           "initialize_distributed", "is_primary", "to_host"]
 
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = MESH_AXES  # The batch dimension is split over every mesh axis.
@@ -60,3 +61,40 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharded(mesh: Mesh) -> NamedSharding:
   """The leading (batch) dimension split over every mesh axis."""
   return NamedSharding(mesh, P(BATCH_AXES))
+
+
+# ----------------------------------------------------------------------------
+# Several processes (jax.distributed).
+# ----------------------------------------------------------------------------
+
+
+def initialize_distributed(*, coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None,
+                           heartbeat_timeout: int = 100) -> None:
+  """Starts JAX's distributed runtime (`jax.distributed.initialize`).
+
+  Arguments left None are detected from the environment as JAX does (TPU pod
+  slices, SLURM, Open MPI, Kubernetes). On CPU the collectives go through
+  gloo. A process whose peers stop sending heartbeats for `heartbeat_timeout`
+  seconds is stopped by the runtime, so a dead process never leaves the
+  others hanging.
+  """
+  # Used by the CPU backend only (before any backend is initialized).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id,
+                             heartbeat_timeout_seconds=heartbeat_timeout)
+
+
+def is_primary() -> bool:
+  """Whether this process writes the run's files (metrics, config, images)."""
+  return jax.process_index() == 0
+
+
+def to_host(x) -> np.ndarray:
+  """A global array as one NumPy array on every process (gathered across
+  processes when it is not fully addressable here)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)

@@ -15,7 +15,7 @@ from diffusion_jax import workdir as workdir_lib
 from diffusion_jax.conditioning import make_cond
 from diffusion_jax.data import pipeline, sources
 from diffusion_jax.errors import ConfigError
-from diffusion_jax.mesh import make_mesh
+from diffusion_jax.mesh import batch_sharded, is_primary, make_mesh
 from diffusion_jax.models.classifier import NoisyClassifier
 
 __all__ = ["sample", "evaluate", "describe"]
@@ -39,9 +39,10 @@ def sample(config, workdir: str) -> str:
                                         run.params, s.batch_size)
   images = writers.to_uint8(gen(params, n, labels, seed=config.seed))
   path = os.path.join(workdir, "samples.npz")
-  arrays = {"images": images} | ({} if labels is None else {"labels": labels})
-  np.savez_compressed(path, **arrays)
-  writers.save_image_grid(os.path.join(workdir, "samples.png"), images[: s.grid_size])
+  if is_primary():
+    arrays = {"images": images} | ({} if labels is None else {"labels": labels})
+    np.savez_compressed(path, **arrays)
+    writers.save_image_grid(os.path.join(workdir, "samples.png"), images[: s.grid_size])
   print(f"sampled {n} images from the step-{run.step} EMA params with "
         f"{s.sampler}; grid: {os.path.join(workdir, 'samples.png')}")
   print(path)
@@ -49,20 +50,34 @@ def sample(config, workdir: str) -> str:
 
 
 def _test_batches(config):
-  """Test-split batches, up to eval.max_examples images."""
-  ev = config.eval
+  """The first eval.max_examples test images (None: all), in order, as global
+  arrays over the device mesh: {"image", "label", "mask"} batches of
+  eval.batch_size (rounded up to the device count), mask 0 on padding.
+
+  Each process reads only its slice of every global batch
+  (`pipeline.BatchSliceSampler`), so the examples, and the task's reduction
+  over the gathered results, are the same for any number of processes.
+  """
+  ev, mesh = config.eval, make_mesh()
+  p, processes = jax.process_index(), jax.process_count()
+  batch = -(-ev.batch_size // mesh.size) * mesh.size
+  local = batch // processes
   source = sources.get_source(config.data, "test")
-  loader = pipeline.make_loader(source, batch_size=ev.batch_size, seed=config.seed,
-                                image_size=config.data.image_size, shuffle=False,
-                                num_epochs=1, drop_remainder=False)
-  seen = 0
-  for batch in loader:
-    if ev.max_examples is not None and seen >= ev.max_examples:
-      return
-    take = len(batch["image"]) if ev.max_examples is None else min(
-        len(batch["image"]), ev.max_examples - seen)
-    seen += take
-    yield {k: v[:take] for k, v in batch.items()}
+  total = len(source) if ev.max_examples is None else min(len(source), ev.max_examples)
+  loader = iter(pipeline.make_loader(source, batch_size=batch, seed=config.seed,
+                                     image_size=config.data.image_size, shuffle=False,
+                                     num_epochs=1, drop_remainder=False))
+  for j in range(-(-total // batch)):
+    take = int(np.clip(total - (j * batch + p * local), 0, local))
+    d = config.data
+    b = next(loader) if take else {
+        "image": np.zeros((0, d.image_size, d.image_size, d.channels), np.float32),
+        "label": np.zeros((0,), np.int32)}
+    pad = lambda a: np.concatenate([a[:take], np.zeros((local - take,) + a.shape[1:], a.dtype)])
+    host = {"image": pad(b["image"]), "label": pad(b["label"]),
+            "mask": (np.arange(local) < take).astype(np.float32)}
+    yield {k: jax.make_array_from_process_local_data(batch_sharded(mesh), v)
+           for k, v in host.items()}
 
 
 def evaluate(config, workdir: str) -> dict:
@@ -77,8 +92,9 @@ def evaluate(config, workdir: str) -> dict:
   result, summary = task.evaluate(config, run.spec, run.net, run.schedule, run.params,
                                   _test_batches(config), jax.random.key(config.seed + 1))
   result = {"step": run.step} | result
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(result, f, indent=2)
+  if is_primary():
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump(result, f, indent=2)
   print(f"{summary} (step {run.step})")
   return result
 

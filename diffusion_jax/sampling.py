@@ -21,14 +21,20 @@ receives. The sampler steps from i = K-1 down to 0; the last step goes to
 ᾱ = 1 (clean data). The K steps are one `jax.lax.scan`, traced and compiled
 once whatever K.
 
-Randomness. Sample b (global index in the batch) gets key_b = fold_in(rng, b);
-its x_T is N(0, I) from fold_in(key_b, 0) and the noise of step n = 1..K comes
-from fold_in(key_b, n). Samples therefore do not depend on the batch size, the
-number of devices or how the batch is split.
+Randomness. Sample b of a call gets the global index i = first_index + b and
+the key key_i = fold_in(rng, i); its x_T is N(0, I) from fold_in(key_i, 0) and
+the noise of step n = 1..K comes from fold_in(key_i, n). Samples therefore do
+not depend on the batch size, the number of devices or how the batch is
+split: N samples drawn in chunks with first_index = 0, B, 2B, ... equal one
+call of N.
 
-Devices. With several devices (`devices=None` means all of `jax.devices()`),
-the batch axis is sharded over the mesh of `mesh.make_mesh` via
-`jax.lax.with_sharding_constraint`; params and the key are replicated. `cond`
+Devices. Called at top level on a host with several devices (`devices=None`
+means all of `jax.devices()`, of every process), the inputs are placed on the
+mesh of `mesh.make_mesh` and the batch axis is sharded over it via
+`jax.lax.with_sharding_constraint`; params and the key are replicated.
+Called inside the caller's own transformation (`jit`, `vmap`, `shard_map`,
+`pmap`: any traced argument) with `devices=None`, it adds no sharding of its
+own, so the caller's placement decides. `cond`
 is any pytree: its array leaves whose leading dimension equals the batch size
 are sharded along it, all other leaves replicated. A batch that the device
 count does not divide is padded up to the next multiple (extra samples get
@@ -39,6 +45,7 @@ result, so the B returned samples are the same as on one device.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -156,36 +163,40 @@ def slerp(z0, z1, alpha):
 
 
 class _Layout:
-  """Batch sharding over the mesh of `mesh.make_mesh(devices)`, with padding
-  to a multiple of the device count."""
+  """The batch layout of one chain: sharded over `mesh` (None: left to the
+  caller and XLA), padded to a multiple of the mesh size."""
 
-  def __init__(self, batch: int, devices: Optional[Sequence[Any]]):
-    mesh = make_mesh(devices)
-    self.batch, self.n = batch, mesh.size
+  def __init__(self, batch: int, mesh):
+    self.batch, self.mesh = batch, mesh
+    self.n = 1 if mesh is None else mesh.size
     self.padded = -(-batch // self.n) * self.n
-    self.mesh = mesh if self.n > 1 else None
 
-  def jit(self, fn, x_arg: int):
-    """jax.jit of fn(*args) with the args replicated, except args[x_arg]
-    (x_T / x0, [B, ...]) batch-sharded when B divides evenly. Committed
-    single-device inputs (e.g. params) are moved to the mesh."""
+  def sharding(self, batch_axis: Optional[int] = None):
+    spec = P() if batch_axis is None else P(*([None] * batch_axis + [BATCH_AXES]))
+    return NamedSharding(self.mesh, spec)
+
+  def place(self, tree, batch_arg=None):
+    """Top level only: puts every array leaf on the mesh, replicated, except
+    the leaves of `batch_arg` ([B, ...]), batch-sharded when B divides evenly.
+    Explicit transfers, so inputs committed to any device(s) are accepted."""
     if self.mesh is None:
-      return jax.jit(fn)
-    rep = NamedSharding(self.mesh, P())
-    xs = NamedSharding(self.mesh, P(BATCH_AXES)) if self.padded == self.batch else rep
-    n = fn.__code__.co_argcount
-    return jax.jit(fn, in_shardings=tuple(xs if a == x_arg else rep for a in range(n)))
+      return tree
+    rep = self.sharding()
+    xs = self.sharding(0) if self.padded == self.batch else rep
+    put = lambda sharding: lambda a: (_put(a, sharding)
+                                      if isinstance(a, (jax.Array, np.ndarray)) else a)
+    return tuple(jax.tree_util.tree_map(put(xs if i == batch_arg else rep), arg)
+                 for i, arg in enumerate(tree))
 
   def shard(self, x, axis: int = 0):
     if self.mesh is None:
       return x
-    spec = P(*([None] * axis + [BATCH_AXES]))
-    return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
+    return jax.lax.with_sharding_constraint(x, self.sharding(axis))
 
   def replicate(self, x):
     if self.mesh is None:
       return x
-    return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, P()))
+    return jax.lax.with_sharding_constraint(x, self.sharding())
 
   def pad(self, x, mode: str = "constant"):
     extra = self.padded - self.batch
@@ -208,6 +219,41 @@ class _Layout:
         return self.replicate(jnp.asarray(c))
       return c
     return jax.tree_util.tree_map(leaf, cond)
+
+
+def _put(a, sharding):
+  """`jax.device_put`, also of this process's arrays onto a mesh that spans
+  other processes' devices (through the host; every process passes the same
+  values)."""
+  if isinstance(a, jax.Array) and (a.sharding == sharding or sharding.is_fully_addressable
+                                   or not a.is_fully_addressable):
+    return jax.device_put(a, sharding)
+  if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+    data = jax.device_put(np.asarray(jax.random.key_data(a)), sharding)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+  return jax.device_put(np.asarray(a), sharding)
+
+
+def _layouts(batch: int, devices):
+  """(top-level layout, layout inside a caller's transformation). The first
+  shards over `mesh.make_mesh(devices)` (none for one device); the second
+  adds no sharding of its own, so that sample_fn composes with the caller's
+  jit, vmap, shard_map and pmap and with inputs on any devices. With explicit
+  `devices`, both shard over them."""
+  mesh = make_mesh(devices)
+  top = _Layout(batch, mesh if mesh.size > 1 else None)
+  return top, (_Layout(batch, None) if devices is None else top)
+
+
+def _entry(jitted_top, jitted_inner, top: _Layout, batch_arg: int):
+  """The call of a jitted chain: at top level (concrete arguments) with the
+  inputs placed on the mesh; inside a caller's transformation (any traced
+  argument) without sharding of its own."""
+  def call(*args):
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args)):
+      return jitted_inner(*args)
+    return jitted_top(*top.place(args, batch_arg))
+  return call
 
 
 # ----------------------------------------------------------------------------
@@ -332,12 +378,14 @@ def make_sample_fn(model_fn: ModelFn, schedule: Schedule, *, shape: Sequence[int
     devices: the devices to shard the batch over (None: all of them; one
       device: no sharding). A batch they do not divide is padded (module docstring).
   Returns:
-    `sample_fn(params, rng, *, x_T=None, cond=None)`, a thin keyword wrapper
-    over the jitted `sample_fn.jitted(params, rng, x_T, cond)` (which has
-    `.lower(...)` for ahead-of-time compilation). `rng` is a typed
-    key (`jax.random.key`) or a legacy `PRNGKey` (same samples for the same
-    seed); `x_T` [B, ...], N(0, I)-scaled, replaces the drawn prior noise; `cond`
-    is passed to `model_fn` untouched (any pytree). It returns x0 float32
+    `sample_fn(params, rng, *, x_T=None, cond=None, first_index=0)`, a thin
+    keyword wrapper over the jitted `sample_fn.jitted(params, rng, x_T, cond,
+    first_index)` (which has `.lower(...)` for ahead-of-time compilation).
+    `rng` is a typed key (`jax.random.key`) or a legacy `PRNGKey` (same samples
+    for the same seed); `x_T` [B, ...], N(0, I)-scaled, replaces the drawn
+    prior noise; `cond` is passed to `model_fn` untouched (any pytree);
+    `first_index` (an int, may be traced: no recompilation) is the global
+    index of the first sample (module docstring). It returns x0 float32
     [B, ...], or a `SampleOutput` when a trajectory or x0-predictions are asked.
   Raises:
     ValueError for an unknown sampler (listing the registry), num_steps out of
@@ -351,15 +399,13 @@ def make_sample_fn(model_fn: ModelFn, schedule: Schedule, *, shape: Sequence[int
       dynamic_threshold=dynamic_threshold)
   K = sched.num_timesteps
   slots = _x0_slots(x0_steps, K)
-  layout = _Layout(shape[0], devices)
   indices, steps = np.arange(K - 1, -1, -1), np.arange(1, K + 1)
   event = shape[1:]
 
-  def sample(params, rng, x_T, cond):
+  def sample(layout, params, rng, x_T, cond, first_index):
     key = _as_key(rng)
-    keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(
-        jnp.arange(layout.padded, dtype=jnp.uint32))
-    keys = layout.shard(keys)
+    index = jnp.asarray(first_index, jnp.uint32) + jnp.arange(layout.padded, dtype=jnp.uint32)
+    keys = layout.shard(jax.vmap(lambda b: jax.random.fold_in(key, b))(index))
     draw = lambda n: layout.shard(jax.vmap(
         lambda k: jax.random.normal(jax.random.fold_in(k, n), event, jnp.float32))(keys))
     x = draw(0) if x_T is None else layout.shard(layout.pad(_check_x(x_T, shape, "x_T")))
@@ -370,12 +416,15 @@ def make_sample_fn(model_fn: ModelFn, schedule: Schedule, *, shape: Sequence[int
                               return_trajectory, slots)
     return _finish(layout, x, traj, x0s)
 
-  jitted = layout.jit(sample, x_arg=2)
+  top, inner = _layouts(shape[0], devices)
+  jitted = jax.jit(functools.partial(sample, top))
+  call = _entry(jitted, jax.jit(functools.partial(sample, inner)), top, batch_arg=2)
 
-  def sample_fn(params, rng, *, x_T=None, cond=None):
-    return jitted(params, rng, x_T, cond)
+  def sample_fn(params, rng, *, x_T=None, cond=None, first_index=0):
+    return call(params, rng, x_T, cond, first_index)
 
-  sample_fn.jitted = jitted  # Positional (params, rng, x_T, cond); has .lower(...).
+  # Positional (params, rng, x_T, cond, first_index); has .lower(...) (top level).
+  sample_fn.jitted = jitted
   return sample_fn
 
 
@@ -403,10 +452,9 @@ def make_invert_fn(model_fn: ModelFn, schedule: Schedule, *, shape: Sequence[int
       dynamic_threshold=dynamic_threshold)
   smp = ddim_inversion(sched)
   K = sched.num_timesteps
-  layout = _Layout(shape[0], devices)
   indices, steps = np.arange(K), np.arange(1, K + 1)
 
-  def invert(params, x0, cond):
+  def invert(layout, params, x0, cond):
     x = layout.shard(layout.pad(_check_x(x0, shape, "x0")))
     denoise = make_denoise_fn(model_fn, sched, params, layout.cond(cond),
                               prediction=prediction, variance=variance,
@@ -415,10 +463,12 @@ def make_invert_fn(model_fn: ModelFn, schedule: Schedule, *, shape: Sequence[int
                             return_trajectory, None)
     return _finish(layout, x, traj, None)
 
-  jitted = layout.jit(invert, x_arg=1)
+  top, inner = _layouts(shape[0], devices)
+  jitted = jax.jit(functools.partial(invert, top))
+  call = _entry(jitted, jax.jit(functools.partial(invert, inner)), top, batch_arg=1)
 
   def invert_fn(params, x0, *, cond=None):
-    return jitted(params, x0, cond)
+    return call(params, x0, cond)
 
-  invert_fn.jitted = jitted  # Positional (params, x0, cond); has .lower(...).
+  invert_fn.jitted = jitted  # Positional (params, x0, cond); has .lower(...) (top level).
   return invert_fn

@@ -29,7 +29,7 @@ from diffusion_jax.checkpoint import Checkpointer, abstract_like
 from diffusion_jax.conditioning import DataSpec
 from diffusion_jax.data import pipeline, sources
 from diffusion_jax.errors import NonFiniteError
-from diffusion_jax.mesh import batch_sharded, make_mesh, replicated
+from diffusion_jax.mesh import batch_sharded, is_primary, make_mesh, replicated
 from diffusion_jax.optim import ema_decay_at
 
 __all__ = ["TrainState", "TrainStateWithFrozen", "create_train_state", "train_step",
@@ -181,10 +181,12 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     print(f"Resumed from the step-{step} checkpoint in {workdir}.", flush=True)
   else:
     state = trainer.init_state(teacher)
-  workdir_lib.write_config(workdir, config, spec)
+  if is_primary():  # Every file of the run is written once, by process 0.
+    workdir_lib.write_config(workdir, config, spec)
   tc = config.train
   start = int(state.step)
-  writer = writers.MetricWriter(workdir, total_steps=tc.num_steps, initial=start)
+  writer = (writers.MetricWriter(workdir, total_steps=tc.num_steps, initial=start)
+            if is_primary() else writers.NullWriter())
   grids = GridWriter(config, trainer, workdir) if task.sampling is not None else None
   previous_streak = None
   try:

@@ -78,3 +78,13 @@ class MetricWriter:
     self._bar.close()
     self._tb.close()
     self._jsonl.close()
+
+
+class NullWriter:
+  """The MetricWriter of the processes that do not write (all but process 0)."""
+
+  def write(self, step: int, scalars: dict) -> None:
+    del step, scalars
+
+  def close(self) -> None:
+    pass

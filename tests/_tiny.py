@@ -17,7 +17,8 @@ Run as a script, in a subprocess with the environment above (so that the
 train step's compilation is shared with the other runs):
   python tests/_tiny.py nan-step DATA_DIR   one train step on a batch with a NaN;
   python tests/_tiny.py nan-cli K FLAGS...  the CLI, with NaN images from batch K on
-                                            (prints the number of batches drawn).
+                                            (prints the number of batches drawn);
+  python tests/_tiny.py bug-cli FLAGS...    the CLI, with a deliberate bug in the loss.
 """
 
 from __future__ import annotations
@@ -250,7 +251,7 @@ def mesh_sizes(workdir, step: int) -> set[int]:
 
 def _nan_step(data_dir: str) -> None:
   import jax
-  from diffusion_jax import configuration, conditioning, models, tasks, workdir as workdir_lib, train
+  from diffusion_jax import configuration, train
 
   config = make_config(data_dir)
   trainer = train.Trainer(config, configuration.validate_config(config))
@@ -334,6 +335,18 @@ def _nan_cli(first_bad: str, *argv: str) -> None:
     print("batches drawn:", sum(it.count for loader in loaders for it in loader.iterators))
 
 
+def _bug_cli(*argv: str) -> None:
+  """`python -m diffusion_jax.main ARGV` with a deliberate bug in the diffusion
+  task's loss: a ValueError that is not a user error must keep its traceback."""
+  from diffusion_jax import main, tasks
+
+  def buggy_loss(*args, **kwargs):
+    raise ValueError("deliberate bug in the loss")
+  tasks.TASKS["diffusion"] = tasks.TASKS["diffusion"]._replace(loss=buggy_loss)
+  sys.argv = ["diffusion_jax.main", *argv]
+  main.run()
+
+
 if __name__ == "__main__":
   command, *rest = sys.argv[1:]
-  {"nan-step": _nan_step, "nan-cli": _nan_cli}[command](*rest)
+  {"nan-step": _nan_step, "nan-cli": _nan_cli, "bug-cli": _bug_cli}[command](*rest)

@@ -125,6 +125,9 @@ BAD_INPUTS = {
     "unknown_consistency_solver": ({"task": "consistency", "sample.sampler": "consistency",
                                     "consistency.solver": "rk4"}, {},
                                    ["consistency.solver", "heun"]),
+    "labels_for_unconditional_model": ({"sample.labels": "3"}, {"mode": "sample"},
+                                       ["sample.labels='3'", "unconditional"]),
+    "workdir_is_a_file": ({}, {"workdir": "FILE"}, ["--workdir=", "is a file"]),
 }
 
 
@@ -138,10 +141,14 @@ def bad_runs(trained, dirs, tmp_path_factory):
   broken.write_text(BROKEN_CONFIG)
   before = _tiny.snapshot(workdir)
   procs = {}
+  a_file = tmp_path_factory.mktemp("files") / "not_a_dir"
+  a_file.write_text("")
   for name, (overrides, kwargs, _) in BAD_INPUTS.items():
+    kwargs = dict(kwargs)
     if kwargs.get("config") == "BROKEN":
-      kwargs = {**kwargs, "config": str(broken)}
-    procs[name] = _tiny.popen(_tiny.cli_args(workdir, data_dir, overrides, **kwargs),
+      kwargs["config"] = str(broken)
+    where = str(a_file) if kwargs.pop("workdir", None) == "FILE" else workdir
+    procs[name] = _tiny.popen(_tiny.cli_args(where, data_dir, overrides, **kwargs),
                               _tiny.env(cache_dir))
   done = _tiny.wait_all(list(procs.values()), timeout=300)
   results = {name: (d.returncode, d.stdout, d.stderr) for name, d in zip(procs, done)}

@@ -426,6 +426,10 @@ def test_samples_do_not_depend_on_batch_size():
   f8 = make_sample_fn(linear_fake, LIN100, shape=(8, 2), sampler="ddpm", num_steps=10)
   np.testing.assert_allclose(f3(None, jax.random.key(0)), f8(None, jax.random.key(0))[:3],
                              rtol=1e-6, atol=1e-6)
+  # first_index: chunks of 3 starting at 0, 3, 6 are the 8-sample call (no retrace).
+  chunks = [f3(None, jax.random.key(0), first_index=jnp.int32(i)) for i in (0, 3, 6)]
+  np.testing.assert_allclose(np.concatenate(chunks)[:8], f8(None, jax.random.key(0)),
+                             rtol=1e-6, atol=1e-6)
 
 
 def test_cond_pytree_passed_through_without_retrace():

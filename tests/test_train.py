@@ -242,3 +242,15 @@ def test_nonfinite_streak_stops_training(dirs, tmp_path):
   counts = [int(x) for x in jax.tree_util.tree_leaves(state.opt_state)
             if np.asarray(x).dtype == np.int32]
   assert counts and set(counts) == {1}, counts
+
+
+def test_a_bug_keeps_its_traceback(dirs, tmp_path):
+  """A ValueError raised by the code (here a deliberate bug in the loss), not a
+  user error, is not turned into a one-line "error:" message: the CLI exits
+  non-zero with the traceback."""
+  data_dir, cache_dir = dirs
+  proc = _tiny.run([sys.executable, str(_tiny.ROOT / "tests" / "_tiny.py"), "bug-cli",
+                    *_tiny.main_flags(str(tmp_path / "run"), data_dir)], _tiny.env(cache_dir))
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "Traceback" in proc.stderr and "deliberate bug in the loss" in proc.stderr
+  assert "diffusion_jax: error:" not in proc.stderr

@@ -132,8 +132,9 @@ def make_loader(
     random_flip: random horizontal flips (off for digits).
     dequantize: uniform dequantization ``(x + u) / 256 * 2 - 1`` instead of
       ``x / 127.5 - 1``.
-    shard_index: this process' shard; ``None`` -> ``jax.process_index()``.
-    shard_count: number of shards; ``None`` -> ``jax.process_count()``.
+    shard_index: this process' slice of each global batch; ``None`` ->
+      ``jax.process_index()`` (``BatchSliceSampler``).
+    shard_count: number of slices; ``None`` -> ``jax.process_count()``.
     worker_count: grain worker processes (0 = in the main process).
     drop_remainder: drop the last incomplete batch (and uneven shard tails).
     read_threads: grain reader threads per process; ``None`` -> the source's
@@ -174,16 +175,10 @@ def make_loader(
     raise ValueError(f"The data source {source!r} is empty.")
   _check_image_size(source, image_size)
 
-  shard_options = grain.sharding.ShardOptions(
-      shard_index=shard_index, shard_count=shard_count, drop_remainder=True
-  )
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(source),
-      shard_options=shard_options,
-      shuffle=shuffle,
-      num_epochs=num_epochs,
-      seed=seed,
-  )
+  sampler = BatchSliceSampler(
+      grain.samplers.IndexSampler(
+          num_records=len(source), shuffle=shuffle, num_epochs=num_epochs, seed=seed),
+      batch_size=batch_size, shard_index=shard_index, shard_count=shard_count)
   transform = getattr(source, "transform", None)  # Decoding, in the workers.
   operations = [] if transform is None else [transform]
   operations.append(base.SelectFeatures())
@@ -200,11 +195,48 @@ def make_loader(
       sampler=sampler,
       operations=operations,
       worker_count=worker_count,
-      shard_options=shard_options,
+      shard_options=grain.sharding.NoSharding(),
       read_options=grain.ReadOptions(
           num_threads=read_threads, prefetch_buffer_size=max(4 * read_threads, 1)
       ),
   )
+
+
+class BatchSliceSampler:
+  """Process `shard_index`'s slice of every global batch of `base`'s order.
+
+  With global batch B and b = B / shard_count, local example k is the global
+  sample g = (k // b) B + shard_index b + (k % b) of `base` (a grain sampler
+  over the whole data, same seed on every process). So the global batch that
+  the processes assemble is the same whatever their number: a run on 2
+  processes sees exactly the batches of a run on 1, and the per-record random
+  transforms (seeded by g) agree too. The stream ends at the first g past the
+  end of `base` (finite epochs), so a last partial global batch is split by
+  position.
+  """
+
+  def __init__(self, base, *, batch_size: int, shard_index: int, shard_count: int):
+    self._base, self._p, self._P = base, shard_index, shard_count
+    self._B, self._b = batch_size, batch_size // shard_count
+    n = len(base)
+    full, rest = divmod(n, self._B)
+    self._len = full * self._b + min(max(rest - self._p * self._b, 0), self._b)
+
+  def _global(self, k: int) -> int:
+    return (k // self._b) * self._B + self._p * self._b + k % self._b
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __repr__(self) -> str:
+    return (f"BatchSliceSampler({self._base!r}, batch_size={self._B}, "
+            f"shard_index={self._p}, shard_count={self._P})")
+
+  def __getitem__(self, index: int):
+    if index < 0 or index >= self._len:
+      raise IndexError(f"index {index} is out of bounds [0, {self._len}).")
+    meta = self._base[self._global(index)]
+    return dataclasses.replace(meta, index=index)
 
 
 def _allow_grain_flags() -> None:

@@ -31,7 +31,8 @@ import flax.linen as nn
 
 from diffusion_jax import sampling
 from diffusion_jax._checks import config_errors
-from diffusion_jax.conditioning import DataSpec, model_inputs
+from diffusion_jax.conditioning import CONDITIONINGS, DataSpec, model_inputs
+from diffusion_jax.errors import ConfigError
 from diffusion_jax.samplers import SAMPLERS
 
 __all__ = ["Task", "Sampling", "StepHook", "training_model", "frozen_model",
@@ -90,10 +91,15 @@ def diffusion_prediction(config) -> str:
   return config.diffusion.prediction
 
 
-def validate_sampling(config, schedule, task_sampling: Sampling) -> None:
+def validate_sampling(config, spec: DataSpec, schedule, task_sampling: Sampling) -> None:
   """Builds the config's sampler (`sampling.build_sampler`) on the task's grid,
   re-raising its errors as ConfigErrors naming the `sample.*` setting."""
   s, d = config.sample, config.diffusion
+  if s.labels is not None and spec.conditioning == "none" and not s.classifier_workdir:
+    raise ConfigError(f"sample.labels={s.labels!r} needs a class-conditional model "
+                      f"(model.conditioning in {[c for c in CONDITIONINGS if c != 'none']}) "
+                      "or classifier guidance (sample.classifier_workdir); this model is "
+                      "unconditional.")
   grid = task_sampling.grid(config)
   with config_errors(config, sampler="sample.sampler", num_steps="sample.num_steps",
                      spacing="sample.spacing", eta="sample.eta", clip_x0="sample.clip_x0",

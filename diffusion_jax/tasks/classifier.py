@@ -12,6 +12,7 @@ import numpy as np
 import optax
 
 from diffusion_jax import losses, models, process
+from diffusion_jax.mesh import to_host
 from diffusion_jax.tasks.base import Task
 
 __all__ = ["TASK"]
@@ -30,24 +31,25 @@ def loss(params, state, batch, rng, *, model, schedule, config, spec):
 
 
 def evaluate(config, spec, net, schedule, params, batches, rng):
-  """Test accuracy at 11 noise levels t = 0, T/10, ..., T-1 on x_t ~ q(x_t|x_0).
+  """Test accuracy at 11 noise levels t = 0, T/10, ..., T-1 on x_t ~ q(x_t|x_0);
+  batches: {"image", "label", "mask"} global arrays (mask 0: padding).
   Returns (result dict, one-line summary)."""
   T = schedule.num_timesteps
   levels = sorted(set(np.linspace(0, T - 1, 11).round().astype(int).tolist()))
   classifier_fn = models.make_classifier_fn(net)
 
   @jax.jit
-  def correct(params, x0, labels, t_scalar, rng):
+  def correct(params, x0, labels, mask, t_scalar, rng):
     t = jnp.full(labels.shape, t_scalar, jnp.int32)
     x_t = process.q_sample(schedule, x0, t, jax.random.normal(rng, x0.shape))
-    return jnp.sum(jnp.argmax(classifier_fn(params, x_t, t), -1) == labels)
+    return jnp.sum((jnp.argmax(classifier_fn(params, x_t, t), -1) == labels) * mask)
 
   hits, total = np.zeros(len(levels)), 0
   for i, batch in enumerate(batches):
-    total += len(batch["label"])
+    total += int(to_host(batch["mask"]).sum())
     for j, t in enumerate(levels):
-      hits[j] += int(correct(params, batch["image"], batch["label"], t,
-                             jax.random.fold_in(rng, i * 1000 + j)))
+      hits[j] += float(to_host(correct(params, batch["image"], batch["label"], batch["mask"],
+                                       t, jax.random.fold_in(rng, i * 1000 + j))))
   result = {"num_examples": total,
             "accuracy_by_t": {str(t): hits[j] / total for j, t in enumerate(levels)}}
   summary = "noise-aware classifier test accuracy by timestep t: " + ", ".join(

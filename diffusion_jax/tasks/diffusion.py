@@ -16,6 +16,7 @@ import numpy as np
 from diffusion_jax import losses, models, process
 from diffusion_jax._checks import check_number, config_errors
 from diffusion_jax.conditioning import make_cond, null_cond_fn
+from diffusion_jax.mesh import to_host
 from diffusion_jax.tasks.base import (Sampling, Task, default_grid, diffusion_prediction,
                                       training_model)
 
@@ -72,8 +73,10 @@ def loss(params, state, batch, rng, *, model, schedule, config, spec):
 
 
 def evaluate(config, spec, net, schedule, params, batches, rng):
-  """The variational bound in bits/dim on test batches (`losses.bits_per_dim`).
-  Returns (result dict, one-line summary)."""
+  """The variational bound in bits/dim on test batches (`losses.bits_per_dim`);
+  batches: {"image", "label", "mask"} global arrays (mask 0: padding). The
+  mean is over the gathered examples, the same on every process. Returns
+  (result dict, one-line summary)."""
   d, model_fn = config.diffusion, models.make_model_fn(net)
 
   @jax.jit
@@ -86,8 +89,9 @@ def evaluate(config, spec, net, schedule, params, batches, rng):
   totals, priors = [], []
   for i, batch in enumerate(batches):
     out = bpd(params, batch["image"], batch["label"], jax.random.fold_in(rng, i))
-    totals.append(np.asarray(out["total_bpd"]))
-    priors.append(np.asarray(out["prior_bpd"]))
+    valid = to_host(batch["mask"]) > 0
+    totals.append(to_host(out["total_bpd"])[valid])
+    priors.append(to_host(out["prior_bpd"])[valid])
   total = np.concatenate(totals)
   result = {"num_examples": int(total.size), "bits_per_dim": float(total.mean()),
             "bits_per_dim_stderr": float(total.std() / np.sqrt(total.size)),
