@@ -55,7 +55,7 @@ class Checkpointer:
   """Saves and restores (train state, data iterator state) at integer steps."""
 
   def __init__(self, directory: str, *, max_to_keep: int = 2, create: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = directory if "://" in str(directory) else os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=create, enable_async_checkpointing=False,
         cleanup_tmp_directories=create)
@@ -63,10 +63,17 @@ class Checkpointer:
         self.directory, options=options, item_names=("state", "data", "data_per_process"))
 
   @staticmethod
+  def steps(directory: str) -> list[int]:
+    """The steps of the finished checkpoints in `directory` (creating nothing)."""
+    path = epath.Path(directory)
+    if not path.is_dir():
+      return []
+    return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
+
+  @staticmethod
   def has_checkpoint(directory: str) -> bool:
     """Whether `directory` holds a finished checkpoint (without creating it)."""
-    path = epath.Path(directory)
-    return path.is_dir() and any(p.name.isdigit() for p in path.iterdir())
+    return bool(Checkpointer.steps(directory))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

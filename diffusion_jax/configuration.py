@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 
 from diffusion_jax import optim, process, schedules, tasks
-from diffusion_jax._checks import config_errors, is_int
+from diffusion_jax._checks import ArgumentError, config_errors, is_int
 from diffusion_jax.conditioning import CONDITIONINGS, DataSpec
 from diffusion_jax.data import sources
 from diffusion_jax.errors import ConfigError
@@ -76,9 +76,10 @@ def data_spec(config, task) -> DataSpec:
   return DataSpec(size, channels, num_classes if uses_labels else None, kind, context)
 
 
-def validate_config(config) -> DataSpec:
+def validate_config(config, spec: DataSpec | None = None) -> DataSpec:
   """Checks every user-facing setting by building the components; returns the
-  data spec (no data is read except the dataset's metadata). Raises ConfigError."""
+  data spec (no data is read except the dataset's metadata; none at all when
+  `spec`, e.g. a trained run's, is given). Raises ConfigError."""
   task = tasks.get_task(config.task)
   if config.model.conditioning not in CONDITIONINGS:
     raise ConfigError(f"model.conditioning={config.model.conditioning!r} is not valid; "
@@ -96,10 +97,13 @@ def validate_config(config) -> DataSpec:
     raise ConfigError(f"train.batch_size={config.train.batch_size} must be divisible by the "
                       f"number of devices ({jax.device_count()}).")
   build_optimizer(config)
-  spec = data_spec(config, task)
+  if spec is None:
+    spec = data_spec(config, task)
   try:  # Here, not when the network is first traced (after the workdir is written).
     task.model(config, spec)
-  except ValueError as e:
+  except ArgumentError as e:
+    raise ConfigError(f"model.{e.argument}={config.model.get(e.argument)!r}: {e}") from None
+  except ValueError as e:  # The networks' validate() names the field first.
     raise ConfigError(f"model.{e}") from None
   task.validate(config, spec)
   if task.sampling is not None:

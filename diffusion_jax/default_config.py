@@ -5,6 +5,10 @@ setting exists (and can be overridden on the command line) in every config.
 The defaults describe an unconditional DDPM on the embedded 8x8 digits.
 """
 
+import functools
+import inspect
+import re
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -15,8 +19,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.task = "diffusion"     # what to train: a name in `tasks.TASKS` (tasks/*.py)
 
   config.data = data = ml_collections.ConfigDict()
-  data.dataset = "digits"       # folder | npz | cifar10 (with data.path) | digits (embedded, built offline)
-                                # | any tfds image dataset prepared in data.data_dir (data/sources.py)
+  data.dataset = "digits"       # the data source: a name in `data.sources.names()` (some read data.path),
+                                # or any tfds image dataset prepared in data.data_dir
   data.path = config_dict.placeholder(str)  # the file or folder of the sources that read one (folder, npz, cifar10)
   data.data_dir = config_dict.placeholder(str)         # tfds data dir; None -> $TFDS_DATA_DIR or ~/tensorflow_datasets
   data.image_size = 8           # side S the model sees; other sizes are resized (shorter side) and centre-cropped
@@ -85,6 +89,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   sample.guidance_scale = 1.0   # classifier-free guidance w (1 = plain conditional, 0 unconditional)
   sample.classifier_workdir = config_dict.placeholder(str)  # classifier guidance: a task=classifier run
   sample.classifier_scale = 1.0  # classifier guidance scale s
+  sample.checkpoint_step = config_dict.placeholder(int)  # --mode=sample: the checkpoint (None: latest)
+  sample.output = config_dict.placeholder(str)  # --mode=sample: the npz (None: WORKDIR/samples.npz;
+                                # relative paths are under the workdir); the PNG grid goes beside it
 
   # Progressive distillation (task="distill", Salimans & Ho 2022). The student
   # has this config's model and diffusion settings, which must equal the
@@ -122,9 +129,16 @@ def get_default_config() -> ml_collections.ConfigDict:
   cm.sample_timesteps = config_dict.placeholder(str)
 
   config.eval = ev = ml_collections.ConfigDict()
+  ev.checkpoint_step = config_dict.placeholder(int)  # the checkpoint to evaluate (None: latest)
   ev.batch_size = 64
   ev.max_examples = 128         # test images for the bound (T forwards each); None = all
   ev.chunk_size = 50            # timesteps evaluated at once (memory bound)
+
+  # --mode=export: the EMA params as .safetensors or .npz, with <name>.json (the
+  # config) beside it; `diffusion_jax.load` reads it back.
+  config.export = export = ml_collections.ConfigDict()
+  export.checkpoint_step = config_dict.placeholder(int)  # None: the latest
+  export.output = config_dict.placeholder(str)  # None: WORKDIR/export/params.safetensors
 
   # Several processes (jax.distributed): set the three below, or initialize=True
   # to detect them from the cluster (TPU pod slices, SLURM, Open MPI, Kubernetes).
@@ -135,3 +149,33 @@ def get_default_config() -> ml_collections.ConfigDict:
   dist.process_id = config_dict.placeholder(int)           # 0 .. num_processes - 1
   dist.heartbeat_timeout = 100  # s without heartbeats before the others stop (a dead process)
   return config
+
+
+@functools.lru_cache(maxsize=1)
+def setting_comments() -> dict[str, str]:
+  """The comment of every setting in `get_default_config`'s source, by its
+  dotted path (e.g. "train.num_steps"): its end-of-line comment with the
+  continuation lines aligned under it, or else the comment block just above it."""
+  source = inspect.getsource(get_default_config).splitlines()
+  alias, comments, last, block = {"config": ""}, {}, None, []
+  for line in source:
+    section = re.match(r"\s*config\.(\w+) = (?:(\w+) = )?ml_collections\.ConfigDict", line)
+    if section:
+      alias[section.group(2) or section.group(1)] = section.group(1) + "."
+      last, block = None, []
+      continue
+    setting = re.match(r"\s*(\w+)\.(\w+) = [^#]*?(?:#\s*(.*))?$", line)
+    if setting and setting.group(1) in alias:
+      last = alias[setting.group(1)] + setting.group(2)
+      comments[last] = (setting.group(3) or "").strip() or " ".join(block)
+      block = []
+      continue
+    comment = re.match(r"(\s+)#\s*(.*)$", line)
+    if comment and len(comment.group(1)) > 4 and last is not None and comments.get(last):
+      comments[last] += " " + comment.group(2).strip()   # aligned continuation
+    elif comment:
+      block.append(comment.group(2).strip())             # a block above a setting
+      last = None
+    else:
+      last, block = None, []
+  return comments

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import guidance, models, runs, tasks, writers
+from diffusion_jax import guidance, interrupts, models, runs, tasks, writers
 from diffusion_jax.conditioning import DataSpec, make_cond, null_cond_fn
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.mesh import is_primary, to_host
@@ -107,14 +107,20 @@ class Generator:
     return cond
 
   def __call__(self, params, num_samples: int, labels=None, *, seed: int = 0,
-               **scales) -> np.ndarray:
+               progress: bool = False, **scales) -> np.ndarray:
     """float32 [num_samples, H, W, C] in [-1, 1], on every process.
 
     Sample i (label `labels[i]`) is drawn with `sample_fn`'s global index i
-    (`first_index`), so the samples do not depend on `batch_size`.
+    (`first_index`), so the samples do not depend on `batch_size`. With
+    `progress`, a bar counts the batches (and a stop request ends between them).
     """
     bs, key, out = self.batch_size, jax.random.key(seed), []
-    for first in range(0, num_samples, bs):
+    firsts = range(0, num_samples, bs)
+    if progress:
+      firsts = writers.progress(firsts, desc="sample", unit="batch")
+    for first in firsts:
+      if progress:
+        interrupts.check("while sampling; nothing was written")
       chunk = None if labels is None else np.resize(labels[first:first + bs], bs)
       x = self.sample_fn(params, key, cond=self.cond(chunk, **scales), first_index=first)
       out.append(to_host(x))

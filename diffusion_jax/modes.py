@@ -1,16 +1,23 @@
-"""The non-training modes of the CLI: sample, eval and describe."""
+"""The modes of the CLI, chosen by name (`--mode`): one registry, `MODES`.
+
+Each mode is `run(config, workdir)`; every one ends with a short summary of
+what it wrote and its headline figures. Files go through `etils.epath`, so a
+`gs://` workdir works like a local one, and are written by process 0 only.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
-import os
+import time
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
-from diffusion_jax import configuration, generate, models, runs, tasks, writers
+from diffusion_jax import configuration, generate, interrupts, models, runs, tasks, writers
 from diffusion_jax import workdir as workdir_lib
 from diffusion_jax.conditioning import make_cond
 from diffusion_jax.data import pipeline, sources
@@ -18,35 +25,51 @@ from diffusion_jax.errors import ConfigError
 from diffusion_jax.mesh import batch_sharded, is_primary, make_mesh
 from diffusion_jax.models.classifier import NoisyClassifier
 
-__all__ = ["sample", "evaluate", "describe"]
+__all__ = ["Mode", "MODES", "get_mode", "sample", "evaluate", "describe", "export"]
+
+
+def _output_path(workdir: str, setting_value, default_name: str) -> epath.Path:
+  """An output file: the setting's path (relative ones under the workdir), or
+  workdir/default_name."""
+  if setting_value:
+    path = epath.Path(setting_value)
+    return path if path.is_absolute() or "://" in str(setting_value) else \
+        epath.Path(workdir) / path
+  return epath.Path(workdir) / default_name
 
 
 def sample(config, workdir: str) -> str:
-  """--mode=sample: writes samples.npz (uint8 images [N,H,W,C], labels) + PNG."""
+  """--mode=sample: writes sample.output (default samples.npz: uint8 images
+  [N,H,W,C] and labels) and a PNG grid beside it, from the EMA params of
+  sample.checkpoint_step (default: the latest)."""
   task = tasks.get_task(config.task)
   if task.sampling is None:
     generative = sorted(n for n, t in tasks.TASKS.items() if t.sampling is not None)
     raise ConfigError(f"--mode=sample needs a generative task {generative}, got "
                       f"task={config.task!r}.")
-  run = runs.load_run(workdir, config)
-  s, spec = config.sample, run.spec
-  n = s.num_samples
+  s = config.sample
+  out = _output_path(workdir, s.output, "samples.npz")
+  if out.suffix != ".npz":
+    raise ConfigError(f"sample.output={s.output!r} must name a .npz file.")
+  run = runs.load_run(workdir, config, step=s.checkpoint_step, step_setting="sample.checkpoint_step")
+  spec, n = run.spec, s.num_samples
   labels = None
   if spec.conditioning != "none" or s.classifier_workdir:
     num_classes = spec.num_classes or sources.dataset_info(config.data).num_classes
     labels = generate.parse_labels(s.labels, n, num_classes)
   gen, params = generate.make_generator(config, spec, run.model_fn, run.schedule,
                                         run.params, s.batch_size)
-  images = writers.to_uint8(gen(params, n, labels, seed=config.seed))
-  path = os.path.join(workdir, "samples.npz")
+  start = time.perf_counter()
+  images = writers.to_uint8(gen(params, n, labels, seed=config.seed, progress=True))
+  seconds = time.perf_counter() - start
+  grid = out.parent / (out.stem + ".png")
   if is_primary():
-    arrays = {"images": images} | ({} if labels is None else {"labels": labels})
-    np.savez_compressed(path, **arrays)
-    writers.save_image_grid(os.path.join(workdir, "samples.png"), images[: s.grid_size])
-  print(f"sampled {n} images from the step-{run.step} EMA params with "
-        f"{s.sampler}; grid: {os.path.join(workdir, 'samples.png')}")
-  print(path)
-  return path
+    writers.save_npz(out, images=images, **({} if labels is None else {"labels": labels}))
+    writers.save_image_grid(grid, images[: s.grid_size])
+  print(f"sampled {n} images in {seconds:.1f} s from the step-{run.step} EMA params "
+        f"({s.sampler}); wrote {out} and {grid}")
+  print(out)
+  return str(out)
 
 
 def _test_batches(config):
@@ -81,21 +104,26 @@ def _test_batches(config):
 
 
 def evaluate(config, workdir: str) -> dict:
-  """--mode=eval: the task's evaluation (`Task.evaluate`) on the test split."""
+  """--mode=eval: the task's evaluation (`Task.evaluate`) on the test split,
+  with the EMA params of eval.checkpoint_step (default: the latest); writes
+  eval.json."""
   task = tasks.get_task(config.task)
   if task.evaluate is None:
     can = sorted(n for n, t in tasks.TASKS.items() if t.evaluate is not None)
     raise ConfigError(f"--mode=eval needs one of the tasks {can}, got task={config.task!r}: "
                       "distilled and consistency models sample on their own grid and "
                       "define no likelihood; use --mode=sample.")
-  run = runs.load_run(workdir, config)
+  run = runs.load_run(workdir, config, step=config.eval.checkpoint_step,
+                      step_setting="eval.checkpoint_step")
+  batches = writers.progress(_test_batches(config), desc="eval", unit="batch")
+  start = time.perf_counter()
   result, summary = task.evaluate(config, run.spec, run.net, run.schedule, run.params,
-                                  _test_batches(config), jax.random.key(config.seed + 1))
+                                  batches, jax.random.key(config.seed + 1))
   result = {"step": run.step} | result
+  path = epath.Path(workdir) / "eval.json"
   if is_primary():
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-      json.dump(result, f, indent=2)
-  print(f"{summary} (step {run.step})")
+    writers.save_json(path, result)
+  print(f"{summary} (step {run.step}, {time.perf_counter() - start:.1f} s); wrote {path}")
   return result
 
 
@@ -133,3 +161,45 @@ def _forward_flops(net, spec, param_shapes) -> str:
     return f"{cost['flops']:.4g}"
   except Exception as e:  # Cost analysis is backend-dependent.
     return f"unavailable ({type(e).__name__})"
+
+
+def export(config, workdir: str) -> str:
+  """--mode=export: the EMA params of export.checkpoint_step (default: the
+  latest) as export.output (default export/params.safetensors; .npz works
+  too), with the run's config.json beside it, loadable by `diffusion_jax.load`."""
+  from diffusion_jax import weights
+  out = _output_path(workdir, config.export.output, "export/params.safetensors")
+  run = runs.load_run(workdir, config, step=config.export.checkpoint_step,
+                      step_setting="export.checkpoint_step")
+  if is_primary():
+    weights.save(out, run.params, run.config, run.spec)
+  n = models.count_params(run.params)
+  print(f"exported the step-{run.step} EMA params ({n:,} parameters) to {out} and "
+        f"{weights.config_path(out)}")
+  print(out)
+  return str(out)
+
+
+def train(config, workdir: str):
+  from diffusion_jax import train as train_lib
+  return train_lib.train_and_evaluate(config, workdir)
+
+
+class Mode(NamedTuple):
+  run: Callable          # run(config, workdir)
+  needs_workdir: bool = True
+
+
+MODES: dict[str, Mode] = {
+    "train": Mode(train),
+    "sample": Mode(sample),
+    "eval": Mode(evaluate),
+    "describe": Mode(lambda config, workdir: describe(config), needs_workdir=False),
+    "export": Mode(export),
+}
+
+
+def get_mode(name: str) -> Mode:
+  if name not in MODES:
+    raise ConfigError(f"--mode={name!r} is not valid; modes: {sorted(MODES)}.")
+  return MODES[name]

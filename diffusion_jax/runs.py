@@ -13,10 +13,10 @@ shardings of the device mesh; the optimizer state is not read):
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
+from etils import epath
 
 from diffusion_jax import configuration, models, tasks, workdir as workdir_lib
 from diffusion_jax.checkpoint import Checkpointer, abstract_like
@@ -44,7 +44,11 @@ class Run(NamedTuple):
 def run_config(workdir: str, setting: str = "--workdir"):
   """The config saved in `workdir`, on top of today's defaults (so runs saved
   before a setting existed load with its default)."""
-  saved = workdir_lib.load_run_config(workdir, setting)
+  return merged_config(workdir_lib.load_run_config(workdir, setting))
+
+
+def merged_config(saved):
+  """A saved config (dict or ConfigDict) on top of today's defaults."""
   config = get_default_config()
   _merge(config, saved)
   return config
@@ -60,17 +64,23 @@ def _merge(into, saved) -> None:
 
 
 def load_run(workdir: str, config=None, *, step: Optional[int] = None,
-             setting: str = "--workdir") -> Run:
+             setting: str = "--workdir", step_setting: str = "step") -> Run:
   """Validates the config (default: the one saved in `workdir`) against the
   workdir and restores the EMA params of checkpoint `step` (default: the
-  latest). Raises ConfigError naming `setting` when the workdir holds no run."""
+  latest). Raises ConfigError naming `setting` when the workdir holds no run,
+  or `step_setting` when it holds no checkpoint of that step. Creates nothing."""
   config = run_config(workdir, setting) if config is None else config
-  spec = configuration.validate_config(config)
+  # The data spec the run was trained with (no need for its data to sample).
+  spec = configuration.validate_config(config, spec=workdir_lib.saved_spec(workdir, config))
   workdir_lib.check_workdir_compatible(workdir, config, spec)
-  directory = os.path.join(workdir, "checkpoints")
-  if not Checkpointer.has_checkpoint(directory):
+  directory = str(epath.Path(workdir) / "checkpoints")
+  steps = Checkpointer.steps(directory)
+  if not steps:
     raise ConfigError(f"{setting}={workdir!r} holds no checkpoint; train first "
                       "(--mode=train).")
+  if step is not None and step not in steps:
+    raise ConfigError(f"{step_setting}={step!r}: {setting}={workdir!r} holds the "
+                      f"checkpoints of steps {steps}.")
   task = tasks.get_task(config.task)
   net = task.model(config, spec)
   shapes = jax.eval_shape(functools.partial(models.init_params, net, spec),

@@ -15,20 +15,21 @@ its checkpoint alone.
 from __future__ import annotations
 
 import functools
-import os
+import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from etils import epath
 from flax import struct
 
-from diffusion_jax import configuration, generate, models, runs, tasks, writers
+from diffusion_jax import configuration, generate, interrupts, models, runs, tasks, writers
 from diffusion_jax import workdir as workdir_lib
 from diffusion_jax.checkpoint import Checkpointer, abstract_like
 from diffusion_jax.conditioning import DataSpec
 from diffusion_jax.data import pipeline, sources
-from diffusion_jax.errors import NonFiniteError
+from diffusion_jax.errors import ConfigError, NonFiniteError
 from diffusion_jax.mesh import batch_sharded, is_primary, make_mesh, replicated
 from diffusion_jax.optim import ema_decay_at
 
@@ -163,66 +164,123 @@ def make_train_loader(config, seed_offset: int = 0):
 
 
 def train_and_evaluate(config, workdir: str) -> TrainState:
-  """Trains (or resumes) the config in `workdir`; returns the final state."""
+  """Trains (or resumes) the config in `workdir`; returns the final state.
+
+  Checks everything before writing anything. Prints a line while the train
+  step compiles (with its duration), advances a progress bar every step, and
+  ends with a summary of what it wrote. A stop request (`interrupts`) ends
+  the run after the current step, with a checkpoint.
+  """
   spec = configuration.validate_config(config)
   workdir_lib.check_workdir_compatible(workdir, config, spec)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
+  tc = config.train
+  ckpt_dir = str(epath.Path(workdir) / "checkpoints")
+  saved = Checkpointer.steps(ckpt_dir)
+  if saved and saved[-1] > tc.num_steps:
+    raise ConfigError(f"train.num_steps={tc.num_steps} is below the step {saved[-1]} of the "
+                      f"latest checkpoint in --workdir={workdir!r}; raise it to train on, or "
+                      "use a new --workdir.")
   task = tasks.get_task(config.task)
   # A new run with a teacher checks and loads it before the workdir is made.
   setting = task.teacher_setting(config)
-  teacher = (runs.load_teacher(config, setting) if setting
-             and not Checkpointer.has_checkpoint(ckpt_dir) else None)
+  teacher = runs.load_teacher(config, setting) if setting and not saved else None
   trainer = Trainer(config, spec)
-  ckpt = Checkpointer(ckpt_dir, max_to_keep=config.train.keep_checkpoints)
+  if saved and saved[-1] == tc.num_steps:
+    ckpt = Checkpointer(ckpt_dir, create=False)
+    try:
+      state, _, _ = ckpt.restore(trainer.abstract_state())
+    finally:
+      ckpt.close()
+    print(f"Nothing to do: the latest checkpoint in {workdir} is at train.num_steps="
+          f"{tc.num_steps}; raise train.num_steps to train on.", flush=True)
+    return state
   iterator = iter(make_train_loader(config))
-  if ckpt.latest_step() is not None:
-    state, data_state, step = ckpt.restore(trainer.abstract_state())
-    pipeline.set_iterator_state(iterator, data_state)
-    print(f"Resumed from the step-{step} checkpoint in {workdir}.", flush=True)
-  else:
-    state = trainer.init_state(teacher)
-  if is_primary():  # Every file of the run is written once, by process 0.
-    workdir_lib.write_config(workdir, config, spec)
-  tc = config.train
-  start = int(state.step)
-  writer = (writers.MetricWriter(workdir, total_steps=tc.num_steps, initial=start)
-            if is_primary() else writers.NullWriter())
-  grids = GridWriter(config, trainer, workdir) if task.sampling is not None else None
-  previous_streak = None
+  ckpt = Checkpointer(ckpt_dir, max_to_keep=tc.keep_checkpoints)
+  writer, grids = writers.NullWriter(), None
   try:
-    for step in range(start + 1, tc.num_steps + 1):
-      # The task's hook runs before steps 1, 1 + every, ... (e.g. a round of
-      # progressive distillation begins; also after a resume at a boundary).
-      if trainer.step_hook is not None and (step - 1) % trainer.hook_every == 0:
-        state = trainer.step_hook(state)
-      state, metrics = trainer.train_step(state, trainer.global_batch(next(iterator)))
-      is_last = step == tc.num_steps
-      # The previous step's streak is read after this step is dispatched, so the
-      # check every step does not stall the device.
-      if previous_streak is not None:
-        _check_nonfinite(int(previous_streak), tc.max_nonfinite_steps)
-      previous_streak = metrics["nonfinite_streak"]
-      if step % tc.log_every == 0 or is_last:
-        writer.write(step, jax.device_get(metrics) | {
-            "nonfinite_total": int(state.nonfinite_total)})
-        _check_nonfinite(int(state.nonfinite_streak), tc.max_nonfinite_steps)
-      if step % tc.checkpoint_every == 0 or is_last:
-        _check_nonfinite(int(state.nonfinite_streak), tc.max_nonfinite_steps)
-        ckpt.save(step, state, pipeline.get_iterator_state(iterator))
-      if grids and ((tc.sample_every and step % tc.sample_every == 0) or is_last):
-        grids.write(state.ema_params, step)
+    if saved:
+      state, data_state, step = ckpt.restore(trainer.abstract_state())
+      pipeline.set_iterator_state(iterator, data_state)
+      print(f"Resumed from the step-{step} checkpoint in {workdir}.", flush=True)
+    else:
+      state = trainer.init_state(teacher)
+    if is_primary():  # Every file of the run is written once, by process 0.
+      workdir_lib.write_config(workdir, config, spec)
+    start = int(state.step)
+    if is_primary():
+      writer = writers.MetricWriter(workdir, total_steps=tc.num_steps, initial=start)
+    grids = GridWriter(config, trainer, workdir) if task.sampling is not None else None
+    state = _loop(config, trainer, state, iterator, ckpt, writer, grids, start)
   finally:
     writer.close()
     ckpt.close()
   return state
 
 
-def _check_nonfinite(streak: int, limit: int) -> None:
-  if streak >= limit:
+def _loop(config, trainer: Trainer, state, iterator, ckpt, writer, grids, start: int):
+  tc = config.train
+  batch = trainer.global_batch(next(iterator))
+  print("Compiling the train step...", flush=True)
+  t0 = time.perf_counter()
+  step_fn = trainer.train_step.lower(state, batch).compile()
+  print(f"Compiled the train step in {time.perf_counter() - t0:.1f} s.", flush=True)
+  t0, saved_step, pngs = time.perf_counter(), None, []
+  previous = None  # (step, metrics) of the previous step
+
+  def nonfinite(streak, step, metrics):
+    if int(streak) < tc.max_nonfinite_steps:
+      return
+    writer.write(step, jax.device_get(metrics) | {
+        "nonfinite_total": int(state.nonfinite_total)})
+    last = Checkpointer.steps(ckpt.directory)
+    kept = (f"the last checkpoint (step {last[-1]}) is kept unchanged" if last else
+            "no checkpoint was written")
     raise NonFiniteError(
-        f"{streak} consecutive training steps had a non-finite loss or gradient "
-        f"(train.max_nonfinite_steps={limit}); stopping. The last good checkpoint "
-        "is kept unchanged. Lower train.learning_rate or check the data.")
+        f"{int(streak)} consecutive training steps had a non-finite loss or gradient "
+        f"(train.max_nonfinite_steps={tc.max_nonfinite_steps}); stopping at step {step}: "
+        f"{kept}. Lower train.learning_rate or check the data.")
+
+  for step in range(start + 1, tc.num_steps + 1):
+    # The task's hook runs before steps 1, 1 + every, ... (e.g. a round of
+    # progressive distillation begins; also after a resume at a boundary).
+    if trainer.step_hook is not None and (step - 1) % trainer.hook_every == 0:
+      state = trainer.step_hook(state)
+    if batch is None:
+      batch = trainer.global_batch(next(iterator))
+    state, metrics = step_fn(state, batch)
+    batch = None
+    is_last = step == tc.num_steps
+    # The previous step's streak is read after this step is dispatched, so the
+    # check every step does not stall the device.
+    if previous is not None:
+      nonfinite(previous[1]["nonfinite_streak"], *previous)
+    previous = (step, metrics)
+    # Read once: a signal arriving later in this step is handled after the next one.
+    stop = interrupts.requested() is not None
+    if step % tc.log_every == 0 or is_last or stop:
+      writer.write(step, jax.device_get(metrics) | {
+          "nonfinite_total": int(state.nonfinite_total)})
+      nonfinite(state.nonfinite_streak, step, metrics)
+    else:
+      writer.step(step)
+    if step % tc.checkpoint_every == 0 or is_last or stop:
+      nonfinite(state.nonfinite_streak, step, metrics)
+      ckpt.save(step, state, pipeline.get_iterator_state(iterator))
+      saved_step = step
+    if grids and ((tc.sample_every and step % tc.sample_every == 0) or is_last):
+      pngs.append(grids.write(state.ema_params, step))
+    if stop and not is_last:
+      interrupts.check(f"at step {step}; re-run the same command to resume (the "
+                       "checkpoint is written)")
+  seconds = time.perf_counter() - t0
+  done = tc.num_steps - start
+  last = writer.last.get("loss")
+  print(f"Trained steps {start + 1}..{tc.num_steps} in {seconds:.0f} s "
+        f"({done / max(seconds, 1e-9):.2f} steps/s)"
+        + (f", final loss {last:.4f}" if last is not None else "") + ". Wrote: checkpoint "
+        f"{epath.Path(ckpt.directory) / str(saved_step)}, metrics {writer.path or '-'}"
+        + (f", samples {pngs[-1]}" if pngs else "") + ".", flush=True)
+  return state
 
 
 class GridWriter:
@@ -237,5 +295,6 @@ class GridWriter:
       self._generator = generate.Generator(
           self.config, self.trainer.spec, self.trainer.model_fn, self.trainer.schedule,
           batch_size=self.config.sample.grid_size)
-    path = os.path.join(self.workdir, f"samples_step{step:07d}.png")
+      print("\nSampling a grid (the sampler compiles once)...", flush=True)
+    path = str(epath.Path(self.workdir) / f"samples_step{step:07d}.png")
     return generate.write_grid(self._generator, params, path, seed=self.config.seed + 12345)

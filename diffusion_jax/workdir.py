@@ -10,16 +10,17 @@ student's, before anything is written.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import ml_collections
+from etils import epath
 
 from diffusion_jax.conditioning import DataSpec
 from diffusion_jax.errors import ConfigError
 
-__all__ = ["config_to_json", "shape_signature", "load_run_config", "check_teacher_compatible",
-           "check_workdir_compatible", "write_config", "TEACHER_SETTINGS"]
+__all__ = ["config_to_json", "shape_signature", "spec_from_signature", "saved_spec",
+           "load_run_config", "check_teacher_compatible", "check_workdir_compatible",
+           "write_config", "TEACHER_SETTINGS"]
 
 # Diffusion settings a student must share with its teacher (besides the network).
 TEACHER_SETTINGS = ("schedule", "num_timesteps", "rescale_to_zero_terminal_snr",
@@ -50,13 +51,34 @@ def shape_signature(config, spec: DataSpec) -> dict[str, Any]:
   return sig
 
 
+def spec_from_signature(config, signature) -> DataSpec | None:
+  """The DataSpec a run was trained with, from its saved shape signature
+  (None for runs saved before the signature held the image shape)."""
+  if not signature or "data.image_size" not in signature:
+    return None
+  kind = config.model.conditioning
+  context = ((config.model.context_len, config.model.context_dim)
+             if kind == "embedding" else None)
+  return DataSpec(signature["data.image_size"], signature["data.channels"],
+                  signature.get("num_classes"), kind, context)
+
+
+def saved_spec(workdir: str, config) -> DataSpec | None:
+  """`spec_from_signature` of `workdir`'s config.json (None if there is none)."""
+  path = epath.Path(workdir) / "config.json"
+  try:
+    signature = json.loads(path.read_text()).get("shape_signature")
+  except (OSError, json.JSONDecodeError):
+    return None
+  return spec_from_signature(config, signature)
+
+
 def load_run_config(workdir: str, setting: str) -> ml_collections.ConfigDict:
   """The config saved in a training workdir (`config.json`); `setting` names
   the option that pointed there, for the error message."""
-  path = os.path.join(workdir, "config.json")
+  path = epath.Path(workdir) / "config.json"
   try:
-    with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f)["config"])
+    return ml_collections.ConfigDict(json.loads(path.read_text())["config"])
   except (OSError, json.JSONDecodeError, KeyError) as e:
     raise ConfigError(f"{setting}={workdir!r} holds no readable training run "
                       f"({type(e).__name__}: {e}); train it first.") from None
@@ -83,12 +105,11 @@ def check_teacher_compatible(teacher_config, config, setting: str) -> None:
 
 def check_workdir_compatible(workdir: str, config, spec: DataSpec) -> None:
   """Refuses a workdir whose saved config has different parameter shapes."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
     return
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(path.read_text())
   except (OSError, json.JSONDecodeError) as e:
     raise ConfigError(f"--workdir={workdir!r}: cannot read {path}: {e}") from None
   old = saved.get("shape_signature")
@@ -103,10 +124,10 @@ def check_workdir_compatible(workdir: str, config, spec: DataSpec) -> None:
 
 
 def write_config(workdir: str, config, spec: DataSpec) -> None:
-  os.makedirs(workdir, exist_ok=True)
   payload = {"config": json.loads(config_to_json(config)),
              "shape_signature": shape_signature(config, spec)}
-  tmp = os.path.join(workdir, "config.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-  os.replace(tmp, os.path.join(workdir, "config.json"))
+  path = epath.Path(workdir)
+  path.mkdir(parents=True, exist_ok=True)
+  tmp = path / "config.json.tmp"
+  tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+  tmp.replace(path / "config.json")

@@ -128,36 +128,108 @@ BAD_INPUTS = {
     "labels_for_unconditional_model": ({"sample.labels": "3"}, {"mode": "sample"},
                                        ["sample.labels='3'", "unconditional"]),
     "workdir_is_a_file": ({}, {"workdir": "FILE"}, ["--workdir=", "is a file"]),
+    "no_workdir": ({}, {"workdir": None}, ["--workdir is required"]),
+    "no_config": ({}, {"config": None}, ["--config is required"]),
+    "unknown_config_name": ({}, {"config": "nope"}, ["--config='nope'", "digits_cond"]),
+    "unknown_mode": ({}, {"mode": "fly"}, ["--mode='fly'", "sample"]),
+    "type_error_int": ({"train.num_steps": "abc"}, {},
+                       ["--config.train.num_steps='abc'", "not a valid int"]),
+    "type_error_float": ({"train.learning_rate": "fast"}, {},
+                         ["--config.train.learning_rate='fast'", "not a valid float"]),
+    "mistyped_key": ({"trian.num_steps": 5}, {},
+                     ["trian.num_steps", "did you mean", "'train.num_steps'"]),
+    "sample_empty_workdir": ({}, {"mode": "sample", "workdir": "EMPTY"},
+                             ["--workdir=", "holds no checkpoint"]),
+    "eval_empty_workdir": ({}, {"mode": "eval", "workdir": "EMPTY"},
+                           ["--workdir=", "holds no checkpoint"]),
+    "export_empty_workdir": ({}, {"mode": "export", "workdir": "EMPTY"},
+                             ["--workdir=", "holds no checkpoint"]),
+    "num_steps_below_checkpoint": ({"train.num_steps": 1}, {},
+                                   ["train.num_steps=1", "below the step 2"]),
+    "missing_checkpoint_step": ({"sample.checkpoint_step": 7}, {"mode": "sample"},
+                                ["sample.checkpoint_step=7", "[2]"]),
+    "sample_output_not_npz": ({"sample.output": "out.txt"}, {"mode": "sample"},
+                              ["sample.output='out.txt'", ".npz"]),
+    "export_output_format": ({"export.output": "w.bin"}, {"mode": "export"},
+                             ["export.output", ".safetensors"]),
+    "folder_without_path": ({"data.dataset": "folder"}, {}, ["data.dataset='folder'",
+                                                            "data.path"]),
+    "missing_folder": ({"data.dataset": "folder", "data.path": "/no/such/dir"}, {},
+                       ["/no/such/dir"]),
+    "missing_npz": ({"data.dataset": "npz", "data.path": "/no/such.npz"}, {},
+                    ["/no/such.npz"]),
+    "bad_test_fraction": ({"data.test_fraction": 1.5}, {}, ["data.test_fraction"]),
+    "unknown_prediction": ({"diffusion.prediction": "score"}, {},
+                           ["diffusion.prediction='score'", "'eps'"]),
+    "unknown_variance": ({"diffusion.variance": "big"}, {},
+                         ["diffusion.variance='big'", "fixed_small"]),
+    "hybrid_without_learned_variance": ({"diffusion.loss_type": "hybrid"}, {},
+                                        ["diffusion.loss_type='hybrid'", "learned"]),
+    "zero_snr_with_eps": ({"diffusion.rescale_to_zero_terminal_snr": True}, {},
+                          ["diffusion.prediction='eps'", "zero-terminal-SNR"]),
+    "eta_out_of_range": ({"sample.eta": 2.0}, {"mode": "sample"},
+                         ["sample.eta=2.0", "[0, 1]"]),
+    "sample_steps_zero": ({"sample.num_steps": 0}, {"mode": "sample"},
+                          ["sample.num_steps=0", "[1, 10]"]),
+    "unknown_spacing": ({"sample.spacing": "cubic"}, {}, ["sample.spacing='cubic'",
+                                                          "trailing"]),
+    "clip_zero": ({"sample.clip_x0": 0.0}, {}, ["sample.clip_x0=0.0", "> 0"]),
+    "learning_rate_zero": ({"train.learning_rate": 0.0}, {},
+                           ["train.learning_rate=0.0", "> 0"]),
+    "negative_warmup": ({"train.warmup_steps": -1}, {}, ["train.warmup_steps=-1", ">= 0"]),
+    "unknown_lr_schedule": ({"train.lr_schedule": "step"}, {},
+                            ["train.lr_schedule='step'", "cosine"]),
+    "unknown_optimizer": ({"train.optimizer": "sgd"}, {}, ["train.optimizer='sgd'", "adamw"]),
+    "zero_batch_size": ({"train.batch_size": 0}, {}, ["train.batch_size", "positive"]),
+    "num_groups_not_dividing": ({"model.num_groups": 3}, {}, ["model.", "num_groups=3"]),
+    "unknown_conditioning": ({"model.conditioning": "text"}, {},
+                             ["model.conditioning='text'", "class"]),
+    "label_dropout_out_of_range": ({"train.label_dropout": 1.5}, {},
+                                   ["train.label_dropout=1.5", "[0, 1)"]),
+    "unknown_network": ({"model.name": "resnet"}, {}, ["model.name='resnet'", "unet"]),
+    "unknown_task": ({"task": "gan"}, {}, ["task='gan'", "diffusion"]),
 }
 
 
 @pytest.fixture(scope="module")
 def bad_runs(trained, dirs, tmp_path_factory):
-  """Runs every BAD_INPUTS case (concurrently) against the trained workdir.
-  Returns ({id: (returncode, stdout, stderr)}, snapshot before, snapshot after)."""
+  """Runs every BAD_INPUTS case (8 at a time) against the trained workdir.
+  Returns ({id: (returncode, stdout, stderr)}, snapshot before, snapshot after,
+  the empty workdir's contents after)."""
   data_dir, cache_dir = dirs
   workdir = trained
   broken = tmp_path_factory.mktemp("configs") / "broken.py"
   broken.write_text(BROKEN_CONFIG)
   before = _tiny.snapshot(workdir)
-  procs = {}
   a_file = tmp_path_factory.mktemp("files") / "not_a_dir"
   a_file.write_text("")
+  empty = tmp_path_factory.mktemp("empty")
+  jobs = {}
   for name, (overrides, kwargs, _) in BAD_INPUTS.items():
     kwargs = dict(kwargs)
     if kwargs.get("config") == "BROKEN":
       kwargs["config"] = str(broken)
-    where = str(a_file) if kwargs.pop("workdir", None) == "FILE" else workdir
-    procs[name] = _tiny.popen(_tiny.cli_args(where, data_dir, overrides, **kwargs),
-                              _tiny.env(cache_dir))
-  done = _tiny.wait_all(list(procs.values()), timeout=300)
-  results = {name: (d.returncode, d.stdout, d.stderr) for name, d in zip(procs, done)}
-  return results, before, _tiny.snapshot(workdir)
+    where = kwargs.pop("workdir", workdir)
+    where = {"FILE": str(a_file), "EMPTY": str(empty)}.get(where, where)
+    args = _tiny.cli_args(where, data_dir, overrides, **kwargs)
+    jobs[name] = [a for a in args if a != "--config=None"]
+  results = {}
+  names = list(jobs)
+  for i in range(0, len(names), 8):
+    batch = names[i:i + 8]
+    done = _tiny.wait_all([_tiny.popen(jobs[n], _tiny.env(cache_dir)) for n in batch],
+                          timeout=300)
+    results.update({n: (d.returncode, d.stdout, d.stderr) for n, d in zip(batch, done)})
+  return results, before, _tiny.snapshot(workdir), sorted(p.name for p in empty.iterdir())
+
+
+def test_there_are_many_bad_input_cases():
+  assert len(BAD_INPUTS) >= 35
 
 
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
 def test_bad_input(bad_runs, name):
-  results, before, after = bad_runs
+  results, before, after, empty_after = bad_runs
   returncode, out, err = results[name]
   assert returncode == 2, f"exit {returncode}\n{out[-2000:]}\n{err[-4000:]}"
   assert "Traceback" not in err, err[-4000:]
@@ -165,8 +237,10 @@ def test_bad_input(bad_runs, name):
   assert len(errors) == 1, err[-4000:]
   for expected in BAD_INPUTS[name][2]:
     assert expected in errors[0], errors[0]
-  # Nothing in the workdir (checkpoints, config.json, metrics) was written.
+  # Nothing in the workdir (checkpoints, config.json, metrics) was written, and
+  # nothing was created in the empty one.
   assert after == before
+  assert empty_after == []
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "dpmpp_2m", "consistency"])
