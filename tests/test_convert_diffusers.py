@@ -198,3 +198,27 @@ def test_defaults_are_diffusers_defaults():
   signature = inspect.signature(diffusers.UNet2DModel.__init__).parameters
   defaults = {k: p.default for k, p in signature.items() if k != "self"}
   assert convert_diffusers.UNET2D_DEFAULTS == defaults
+
+
+def test_load_a_diffusers_folder_for_sampling(tmp_path):
+  """`diffusion_jax.load` of a diffusers pipeline folder (unet/ + scheduler/):
+  the converted model, the scheduler's schedule, ready for make_sample_fn."""
+  torch_model = _diffusers_model(SMALL_CONFIG, seed=2)
+  pipeline = tmp_path / "pipeline"
+  _save(torch_model, pipeline / "unet", SMALL_CONFIG, safe_serialization=True)
+  (pipeline / "scheduler").mkdir()
+  (pipeline / "scheduler" / "scheduler_config.json").write_text(json.dumps({
+      "_class_name": "DDPMScheduler", "beta_schedule": "linear", "beta_start": 0.0001,
+      "beta_end": 0.02, "num_train_timesteps": 100}))
+  model = dj.load(str(pipeline))
+  assert model.shape == (8, 8, 1) and model.prediction == "eps"
+  assert model.schedule.num_timesteps == 100
+  x = np.random.default_rng(3).normal(size=(2, 1, 8, 8)).astype(np.float32)
+  with torch.no_grad():
+    ref = torch_model(torch.from_numpy(x), torch.tensor([5, 60])).sample.numpy()
+  out = model.model_fn(model.params, jnp.asarray(x.transpose(0, 2, 3, 1)),
+                       jnp.asarray([5, 60], jnp.int32), None)
+  np.testing.assert_allclose(np.asarray(out), ref.transpose(0, 2, 3, 1), rtol=0, atol=1e-4)
+  x0 = dj.make_sample_fn(model.model_fn, model.schedule, shape=(2, *model.shape),
+                         num_steps=3)(model.params, jax.random.key(0))
+  assert np.isfinite(np.asarray(x0)).all()
