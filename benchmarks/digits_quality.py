@@ -20,7 +20,7 @@ import json
 
 import numpy as np
 
-from diffusion_jax import evaluation
+from diffusion_jax.metrics import classifier as eval_classifier
 from diffusion_jax.data import sources
 
 
@@ -36,13 +36,13 @@ def score(samples_uint8: np.ndarray, labels=None, *, data_dir=None, seed: int = 
   train_x, train_y = sources.load_split(dict(dataset="digits", data_dir=data_dir, image_size=8, channels=1), "train")
   test_x, test_y = sources.load_split(dict(dataset="digits", data_dir=data_dir, image_size=8, channels=1), "test")
   if classifier is None:
-    classifier = evaluation.train_eval_classifier(train_x, train_y, seed=seed)
-  probs_test = evaluation.classify(*classifier, test_x)
+    classifier = eval_classifier.train_eval_classifier(train_x, train_y, seed=seed)
+  probs_test = eval_classifier.classify(*classifier, test_x)
   images = samples_uint8.astype(np.float32) / 127.5 - 1.0
-  report = evaluation.sample_quality_report(images, classifier, train_x, test_x)
+  report = eval_classifier.sample_quality_report(images, classifier, train_x, test_x)
   report["classifier_test_accuracy"] = float(np.mean(probs_test.argmax(-1) == test_y))
   if labels is not None:
-    probs = evaluation.classify(*classifier, images)
+    probs = eval_classifier.classify(*classifier, images)
     pred = probs.argmax(-1)
     report["label_accuracy"] = float(np.mean(pred == labels))
     report["class_spread"] = class_spread(images, labels, 10).tolist()

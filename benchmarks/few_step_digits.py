@@ -27,7 +27,8 @@ import time
 import numpy as np
 
 from guidance_digits import load_config
-from diffusion_jax import evaluation, generate, runs, writers
+from diffusion_jax import generate, runs, writers
+from diffusion_jax.metrics import classifier as eval_classifier
 from diffusion_jax.data import sources
 
 
@@ -72,7 +73,7 @@ def main():
 
   train_x, train_y = sources.load_split(dict(dataset="digits", data_dir=None, image_size=8, channels=1), "train")
   test_x, _ = sources.load_split(dict(dataset="digits", data_dir=None, image_size=8, channels=1), "test")
-  clf = evaluation.train_eval_classifier(train_x, train_y, seed=0)
+  clf = eval_classifier.train_eval_classifier(train_x, train_y, seed=0)
   print(f"{args.num_samples} samples per row, seed 1; scored by a classifier trained on "
         "the real training split")
   print("| method | NFE | confident (p>=0.9) | mean confidence | class share min..max "
@@ -93,7 +94,7 @@ def main():
     t0 = time.perf_counter()
     images = gen(params, args.num_samples, seed=1)
     dt = time.perf_counter() - t0
-    r = evaluation.sample_quality_report(images, clf, train_x, test_x)
+    r = eval_classifier.sample_quality_report(images, clf, train_x, test_x)
     fr = np.asarray(r["class_fractions"])
     print(f"| {label} | {nfe} | {r['confident_fraction']:.1%} | {r['mean_confidence']:.3f} "
           f"| {fr.min():.1%}..{fr.max():.1%} | {r['nn_median_ratio']:.2f} | {dt:.1f} s |",

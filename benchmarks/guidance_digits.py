@@ -25,7 +25,8 @@ import time
 import numpy as np
 
 import digits_quality
-from diffusion_jax import evaluation, generate, runs, writers
+from diffusion_jax import generate, runs, writers
+from diffusion_jax.metrics import classifier as eval_classifier
 from diffusion_jax.data import sources
 
 
@@ -71,7 +72,7 @@ def main():
                            classifier_fn=classifier_fn, cfg=not classifier_guided)
   train_x, train_y = sources.load_split(config.data, "train")
   test_x, test_y = sources.load_split(config.data, "test")
-  clf = evaluation.train_eval_classifier(train_x, train_y, seed=0)
+  clf = eval_classifier.train_eval_classifier(train_x, train_y, seed=0)
   real_spread = digits_quality.class_spread(test_x, test_y, 10)
   labels = generate.balanced_labels(args.num_samples, 10)
   name = "classifier_scale" if classifier_guided else "guidance_scale"
@@ -84,7 +85,7 @@ def main():
     t0 = time.perf_counter()
     images = gen(params, args.num_samples, labels, seed=1, **{name: s})
     dt = time.perf_counter() - t0
-    probs = evaluation.classify(*clf, images)
+    probs = eval_classifier.classify(*clf, images)
     acc = float(np.mean(probs.argmax(-1) == labels))
     conf = float(np.mean(probs.max(-1) >= 0.9))
     spread = digits_quality.class_spread(images, labels, 10)

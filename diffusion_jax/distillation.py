@@ -45,6 +45,7 @@ from diffusion_jax.samplers.steps import exp_euler
 from diffusion_jax.schedules import Point, Schedule
 
 __all__ = ["check_base_grid", "num_rounds", "round_timesteps", "distillation_target",
+           "num_student_steps",
            "sample_student_indices", "progressive_distillation_loss"]
 
 Denoiser = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
@@ -104,14 +105,15 @@ def _target(z_t, z_next, frm: Point, to: Point):
   return (z_next - ratio * z_t) / (to.alpha - ratio * frm.alpha)
 
 
-def _student_count(base_len: int, round_):
+def num_student_steps(base_len: int, round_):
+  """N = K0 / 2^(round+1), the student's steps in round `round_` (may be traced), int32."""
   return jnp.right_shift(jnp.int32(base_len), jnp.asarray(round_, jnp.int32) + 1)
 
 
 def sample_student_indices(rng, batch_size: int, base_len: int, round_):
   """j ~ Uniform{0..N-1} over the student grid of round `round_`, int32 [B]."""
   _check_round(round_, base_len)
-  return jax.random.randint(rng, (batch_size,), 0, _student_count(base_len, round_),
+  return jax.random.randint(rng, (batch_size,), 0, num_student_steps(base_len, round_),
                             dtype=jnp.int32)
 
 
@@ -148,7 +150,7 @@ def progressive_distillation_loss(denoiser: Denoiser, teacher: Denoiser, schedul
   _check_round(round_, base.size)
   r = jnp.asarray(round_, jnp.int32)
   valid = ((r >= 0) & (r < num_rounds(base.size))
-           & (j >= 0) & (j < _student_count(base.size, r)))
+           & (j >= 0) & (j < num_student_steps(base.size, r)))
   half = jnp.left_shift(jnp.int32(1), r)          # the teacher's stride 2^r
   k_t = (j + 1) * 2 * half - 1                     # base-grid indices
   k_mid, k_next = k_t - half, k_t - 2 * half       # k_next = -1: clean data

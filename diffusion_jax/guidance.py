@@ -108,8 +108,9 @@ def classifier_guidance(model_fn: ModelFn, classifier_fn: ClassifierFn,
     model_fn: `model_fn(params, x_t, t, cond) -> output`.
     classifier_fn: `classifier_fn(params, x_t [B, ...], t [B]) -> logits [B, C]`.
     schedule: the schedule the sampler steps on (for a respaced sampler, the
-      respaced one, e.g. `sampling.sampling_schedule(...)`); `t` is mapped to
-      its entry through `schedule.timesteps`.
+      respaced one, e.g. `sampling.sampling_schedule(...)`; for a continuous
+      process its VP-form grid); `t` is mapped to its entry through
+      `schedule.timesteps`. The classifier sees the model's x_t.
     mode: "eps" (DDIM-type samplers) or "mean" (ancestral samplers).
   Returns `guided(params, x_t, t, cond)` with params = {"model": ...,
   "classifier": ...}; `cond["label"]` is y and `cond["classifier_scale"]`
@@ -125,6 +126,8 @@ def classifier_guidance(model_fn: ModelFn, classifier_fn: ClassifierFn,
     out = model_fn(params["model"], x_t, t, cond).astype(jnp.float32)
     i = jnp.searchsorted(schedule.timesteps, t).astype(jnp.int32)
     grad = grad_log_prob(classifier_fn, params["classifier"], x_t, t, cond["label"])
+    if schedule.scale is not None:  # A non-VP process: ∇ in the sampler's VP-form x/scale.
+      grad = grad * process.extract(schedule.scale, i, x_t)
     main, var_out = process.split_model_output(out, variance)
     c = process.coefficients(schedule, i, x_t)
     if mode == "eps":

@@ -98,3 +98,43 @@ def to_host(x) -> np.ndarray:
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(x)
+
+
+# ----------------------------------------------------------------------------
+# Parameter sharding: Flax logical axis names -> mesh axes.
+# ----------------------------------------------------------------------------
+
+# FSDP (MaxText / maxdiffusion style): every large parameter is split over
+# "fsdp" along its output dimension; norms, biases of small layers and
+# anything not divisible stay replicated. `config.mesh.logical_axis_rules`.
+DEFAULT_RULES = (("mlp", "fsdp"), ("heads", "fsdp"), ("conv_out", "fsdp"), ("vocab", "fsdp"),
+                 ("embed", None), ("conv_in", None), ("norm", None))
+
+
+def logical_shardings(specs, shapes, mesh: Mesh, rules):
+  """NamedShardings of a pytree from its logical PartitionSpecs.
+
+  Args:
+    specs: pytree of `PartitionSpec`s of logical axis names (e.g.
+      `nn.get_partition_spec` of boxed params; P() for unnamed leaves).
+    shapes: the matching pytree of arrays or ShapeDtypeStructs.
+    mesh: the device mesh; rules: (logical name, mesh axis or None) pairs.
+  A dimension whose size the mesh axis does not divide stays unsplit (e.g. a
+  3-channel output conv on 8 devices).
+  """
+  import flax.linen as nn
+  mapped = nn.logical_to_mesh(specs, rules)
+
+  def fit(spec, leaf):
+    if not isinstance(spec, P):
+      spec = P()
+    dims = list(spec) + [None] * (len(leaf.shape) - len(spec))
+    for i, axes in enumerate(dims[:len(leaf.shape)]):
+      if axes is None:
+        continue
+      names = axes if isinstance(axes, tuple) else (axes,)
+      if leaf.shape[i] % int(np.prod([mesh.shape[a] for a in names])):
+        dims[i] = None
+    return NamedSharding(mesh, P(*dims[:len(leaf.shape)]))
+  return jax.tree_util.tree_map(fit, mapped, shapes,
+                                is_leaf=lambda x: isinstance(x, P) or x is None)

@@ -8,7 +8,7 @@ what it wrote and its headline figures. Files go through `etils.epath`, so a
 from __future__ import annotations
 
 import functools
-import json
+import io
 import time
 from typing import Callable, NamedTuple
 
@@ -18,11 +18,13 @@ import numpy as np
 from etils import epath
 
 from diffusion_jax import configuration, generate, interrupts, models, runs, tasks, writers
+from diffusion_jax import edit as edit_mode
 from diffusion_jax import workdir as workdir_lib
 from diffusion_jax.conditioning import make_cond
 from diffusion_jax.data import pipeline, sources
-from diffusion_jax.errors import ConfigError
+from diffusion_jax.errors import ConfigError, UserError
 from diffusion_jax.mesh import batch_sharded, is_primary, make_mesh
+from diffusion_jax.metrics import suite
 from diffusion_jax.models.classifier import NoisyClassifier
 
 __all__ = ["Mode", "MODES", "get_mode", "sample", "evaluate", "describe", "export"]
@@ -104,44 +106,138 @@ def _test_batches(config):
 
 
 def evaluate(config, workdir: str) -> dict:
-  """--mode=eval: the task's evaluation (`Task.evaluate`) on the test split,
-  with the EMA params of eval.checkpoint_step (default: the latest); writes
-  eval.json."""
+  """--mode=eval: `eval.metrics` (`metrics.suite`) with the EMA params of
+  eval.checkpoint_step (default: the latest): "bpd", the task's own
+  evaluation on the test split (`Task.evaluate`: bits/dim, or a classifier's
+  accuracy by noise level), and the sample metrics on `eval.num_samples`
+  fresh samples or on the npz `eval.samples`. Writes eval.json."""
+  names = suite.parse(config)
   task = tasks.get_task(config.task)
-  if task.evaluate is None:
+  sample_names = [n for n in names if n in suite.SAMPLE_METRICS]
+  if "bpd" in names and task.evaluate is None:
     can = sorted(n for n, t in tasks.TASKS.items() if t.evaluate is not None)
-    raise ConfigError(f"--mode=eval needs one of the tasks {can}, got task={config.task!r}: "
-                      "distilled and consistency models sample on their own grid and "
-                      "define no likelihood; use --mode=sample.")
+    raise ConfigError(f"eval.metrics 'bpd' needs one of the tasks {can}, got task="
+                      f"{config.task!r}: distilled and consistency models sample on their own "
+                      "grid and define no likelihood; use the sample metrics.")
+  if sample_names and task.sampling is None and not config.eval.samples:
+    raise ConfigError(f"eval.metrics {sample_names} score samples, and task={config.task!r} "
+                      "does not generate: set eval.samples to an npz of samples.")
   run = runs.load_run(workdir, config, step=config.eval.checkpoint_step,
                       step_setting="eval.checkpoint_step")
-  batches = writers.progress(_test_batches(config), desc="eval", unit="batch")
-  start = time.perf_counter()
-  result, summary = task.evaluate(config, run.spec, run.net, run.schedule, run.params,
-                                  batches, jax.random.key(config.seed + 1))
-  result = {"step": run.step} | result
+  start, result, lines = time.perf_counter(), {"step": run.step}, []
+  if "bpd" in names:
+    batches = writers.progress(_test_batches(config), desc="eval", unit="batch")
+    found, summary = task.evaluate(config, run.spec, run.net, run.schedule, run.params,
+                                   batches, jax.random.key(config.seed + 1))
+    result |= found
+    lines.append(summary)
+  if sample_names:
+    images = _samples_to_score(config, run)
+    found, more = suite.sample_metrics(config, images, sample_names)
+    result |= found
+    lines += more
   path = epath.Path(workdir) / "eval.json"
   if is_primary():
     writers.save_json(path, result)
-  print(f"{summary} (step {run.step}, {time.perf_counter() - start:.1f} s); wrote {path}")
+  for line in lines:
+    print(line)
+  print(f"(step {run.step}, {time.perf_counter() - start:.1f} s); wrote {path}")
   return result
 
 
+def _samples_to_score(config, run) -> np.ndarray:
+  """uint8 [N, H, W, C]: eval.samples' images, or eval.num_samples fresh ones
+  (balanced labels for a conditional model)."""
+  if config.eval.samples:
+    path = epath.Path(config.eval.samples)
+    if not path.exists():
+      raise ConfigError(f"eval.samples={config.eval.samples!r}: no such file.")
+    with np.load(io.BytesIO(path.read_bytes())) as f:
+      if "images" not in f.files:
+        raise ConfigError(f"eval.samples={config.eval.samples!r} holds no 'images' array "
+                          "(--mode=sample writes one).")
+      return np.asarray(f["images"])
+  n = config.eval.num_samples
+  labels = (generate.balanced_labels(n, run.spec.num_classes)
+            if run.spec.conditioning != "none" else None)
+  gen, params = generate.make_generator(config, run.spec, run.model_fn, run.schedule,
+                                        run.params, config.sample.batch_size)
+  return writers.to_uint8(gen(params, n, labels, seed=config.seed + 2, progress=True))
+
+
+def fid_stats(config, workdir: str) -> str:
+  """--mode=fid_stats: the FID Inception statistics (μ, Σ) of the data split
+  eval.reference_split (at most eval.reference_examples images), written to
+  eval.fid_stats in pytorch-fid's / TTUR's npz format."""
+  del workdir
+  from diffusion_jax.metrics import fid
+  if not config.eval.fid_stats:
+    raise ConfigError("--mode=fid_stats writes eval.fid_stats: set it to the output .npz.")
+  feature_fn, why = suite.inception_feature_fn(config)
+  if feature_fn is None:
+    raise ConfigError(f"--mode=fid_stats needs the FID Inception: {why}.")
+  images = suite._reference_images(config)
+  start = time.perf_counter()
+  mu, sigma = fid.compute_statistics(feature_fn(images))
+  if is_primary():
+    fid.save_statistics(config.eval.fid_stats, mu, sigma)
+  print(f"FID statistics of {len(images)} {config.eval.reference_split} images of "
+        f"data.dataset={config.data.dataset!r} in {time.perf_counter() - start:.1f} s; wrote "
+        f"{config.eval.fid_stats}")
+  return config.eval.fid_stats
+
+
 def describe(config) -> int:
-  """--mode=describe: config, devices, mesh, FLOPs per example, parameter count."""
-  spec = configuration.validate_config(config)
+  """--mode=describe: the config, the data, the devices and mesh, the parameter
+  count, and the compiled train step's FLOPs and memory per device (XLA's
+  ahead-of-time analysis: nothing runs)."""
+  from diffusion_jax import train as train_lib
+  try:
+    spec, data = configuration.validate_config(config), sources.describe(config.data)
+  except UserError as e:  # Describe the model without its data (not readable here).
+    spec = configuration.validate_config(config, without_data=True)
+    data = (f"data: not readable here ({e}); the figures below assume "
+            f"{spec.image_size}x{spec.image_size}x{spec.channels} images"
+            + (f" and {spec.num_classes} classes" if spec.num_classes else "") + ".")
   net = tasks.get_task(config.task).model(config, spec)
   shapes = jax.eval_shape(functools.partial(models.init_params, net, spec),
                           jax.random.key(0))
   n = models.count_params(shapes)
   print(workdir_lib.config_to_json(config))
-  print(sources.describe(config.data))
+  print(data)
+  trainer = train_lib.Trainer(config, spec)
   print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} "
         f"({jax.process_count()} process(es))")
-  print(f"mesh: {dict(make_mesh().shape)}")
+  print(f"mesh: {dict(trainer.mesh.shape)}")
   print(f"flops per example (forward): {_forward_flops(net, spec, shapes)}")
+  print("Compiling the train step for its FLOPs and memory...", flush=True)
+  for line in _train_step_costs(trainer, spec):
+    print(line)
   print(f"parameters: {n}")
   return n
+
+
+def _train_step_costs(trainer, spec) -> list[str]:
+  """FLOPs per step and memory per device of the compiled train step."""
+  c = trainer.config
+  batch = {"image": jax.ShapeDtypeStruct(
+               (c.train.batch_size, spec.image_size, spec.image_size, spec.channels),
+               jnp.float32, sharding=trainer.data_sharding),
+           "label": jax.ShapeDtypeStruct((c.train.batch_size,), jnp.int32,
+                                         sharding=trainer.data_sharding)}
+  try:
+    compiled = trainer.train_step.lower(trainer.abstract_state(), batch).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    mem = compiled.memory_analysis()
+  except Exception as e:  # The analyses are backend-dependent.
+    return [f"train step analysis: unavailable ({type(e).__name__})"]
+  gib = lambda b: f"{b / 2**30:.3f} GiB"
+  return [f"flops per train step (global batch {c.train.batch_size}): {cost['flops']:.4g}",
+          f"memory per device: state and batch {gib(mem.argument_size_in_bytes)}, "
+          f"temporaries {gib(mem.temp_size_in_bytes)}, outputs "
+          f"{gib(mem.output_size_in_bytes)} ({gib(mem.alias_size_in_bytes)} of them "
+          "donated in place)"]
 
 
 def _forward_flops(net, spec, param_shapes) -> str:
@@ -196,6 +292,8 @@ MODES: dict[str, Mode] = {
     "eval": Mode(evaluate),
     "describe": Mode(lambda config, workdir: describe(config), needs_workdir=False),
     "export": Mode(export),
+    "fid_stats": Mode(fid_stats, needs_workdir=False),
+    "edit": Mode(edit_mode.edit),
 }
 
 

@@ -20,17 +20,18 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import optax
 from etils import epath
 from flax import struct
 
 from diffusion_jax import configuration, generate, interrupts, models, runs, tasks, writers
 from diffusion_jax import workdir as workdir_lib
-from diffusion_jax.checkpoint import Checkpointer, abstract_like
+from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.conditioning import DataSpec
 from diffusion_jax.data import pipeline, sources
 from diffusion_jax.errors import ConfigError, NonFiniteError
-from diffusion_jax.mesh import batch_sharded, is_primary, make_mesh, replicated
+from diffusion_jax.mesh import batch_sharded, is_primary, logical_shardings, replicated
 from diffusion_jax.optim import ema_decay_at
 
 __all__ = ["TrainState", "TrainStateWithFrozen", "create_train_state", "train_step",
@@ -54,10 +55,19 @@ class TrainStateWithFrozen(TrainState):
   frozen: Any
 
 
-def create_train_state(params, optimizer, rng, frozen=None) -> TrainState:
-  """A step-0 state; a `TrainStateWithFrozen` when `frozen` params are given."""
+def create_train_state(params, optimizer, rng, frozen=None, *, param_dtype=None) -> TrainState:
+  """A step-0 state; a `TrainStateWithFrozen` when `frozen` params are given.
+
+  With `param_dtype` (e.g. bfloat16) the trained params and the optimizer
+  state are stored in it, while the EMA params stay float32."""
   zero = jnp.zeros((), jnp.int32)
-  fields = dict(step=zero, params=params, ema_params=params,
+  ema = params
+  if param_dtype is not None:
+    cast = lambda dtype: lambda x: (x.astype(dtype)
+                                    if jnp.issubdtype(x.dtype, jnp.floating) else x)
+    params = jax.tree_util.tree_map(cast(param_dtype), params)
+    ema = jax.tree_util.tree_map(cast(jnp.float32), ema)
+  fields = dict(step=zero, params=params, ema_params=ema,
                 opt_state=optimizer.init(params),
                 rng=jax.random.key_data(rng) if jax.dtypes.issubdtype(
                     rng.dtype, jax.dtypes.prng_key) else rng,
@@ -65,23 +75,59 @@ def create_train_state(params, optimizer, rng, frozen=None) -> TrainState:
   return TrainState(**fields) if frozen is None else TrainStateWithFrozen(**fields, frozen=frozen)
 
 
+def _micro_batches(batch, k: int):
+  """[B, ...] -> [k, B/k, ...]: micro-batch j holds examples j, j + k, ..., so
+  each one is spread over every device like the whole batch."""
+  return jax.tree_util.tree_map(
+      lambda x: x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def loss_and_grads(loss_fn, params, state, batch, rng, *, accum_steps: int = 1):
+  """(loss, metrics), grads of the mean loss over the global batch, computed in
+  `accum_steps` micro-batches inside one `lax.scan` (gradient accumulation:
+  the same result as one pass, with the activations of one micro-batch).
+
+  Every example carries its position in the global batch (`batch["index"]`),
+  from which the tasks derive its random numbers, so the micro-batches draw
+  exactly what the whole batch would."""
+  batch = batch | {"index": jnp.arange(jax.tree_util.tree_leaves(batch)[0].shape[0],
+                                       dtype=jnp.int32)}
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if accum_steps == 1:
+    return grad_fn(params, state, batch, rng)
+
+  def body(total, micro):
+    out = grad_fn(params, state, micro, rng)
+    return jax.tree_util.tree_map(jnp.add, total, out), None
+
+  zeros = jax.tree_util.tree_map(
+      jnp.zeros_like, jax.eval_shape(grad_fn, params, state,
+                                     jax.tree_util.tree_map(lambda x: x[0],
+                                                            _micro_batches(batch, accum_steps)),
+                                     rng))
+  total, _ = jax.lax.scan(body, zeros, _micro_batches(batch, accum_steps))
+  return jax.tree_util.tree_map(lambda x: x / accum_steps, total)
+
+
 def train_step(state: TrainState, batch, *, loss_fn, optimizer, ema_decay: float,
-               update_frozen=None):
+               update_frozen=None, accum_steps: int = 1):
   """One update on a global batch with
-  `loss_fn(params, state, batch, rng) -> (loss, metrics)`; then
-  `update_frozen(frozen, new params, step)` (if given) updates the frozen params.
+  `loss_fn(params, state, batch, rng) -> (loss, metrics)` (in `accum_steps`
+  micro-batches: `loss_and_grads`); then `update_frozen(frozen, new params,
+  step)` (if given) updates the frozen params.
 
   The step's randomness is fold_in(rng, step). A non-finite loss or gradient
   leaves params, EMA and optimizer state as they were and increments the
   non-finite counters. Returns (state, metrics).
   """
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, state, batch, rng)
+  (loss, aux), grads = loss_and_grads(loss_fn, state.params, state, batch, rng,
+                                      accum_steps=accum_steps)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = optax.incremental_update(params, state.ema_params,
                                  1.0 - ema_decay_at(state.step, ema_decay))
+  ema = jax.tree_util.tree_map(lambda e, old: e.astype(old.dtype), ema, state.ema_params)
 
   # One scalar test: the global norm is non-finite iff some gradient is (or it
   # overflows). A per-leaf jnp.all(isfinite) reduction gets re-fused by XLA
@@ -107,48 +153,75 @@ def train_step(state: TrainState, batch, *, loss_fn, optimizer, ema_decay: float
 
 
 class Trainer:
-  """Holds the compiled pieces of one training run (built from a config)."""
+  """Holds the compiled pieces of one training run (built from a config).
+
+  The state lives on the `mesh.data × mesh.fsdp` mesh: the parameters, their
+  EMA, the optimizer state and the frozen params are split over "fsdp" by
+  their Flax logical axis names (`mesh.logical_axis_rules`), the rest is
+  replicated; the batch is split over every axis. XLA inserts the
+  collectives (FSDP).
+  """
 
   def __init__(self, config, spec: DataSpec):
     self.config, self.spec = config, spec
     self.task = tasks.get_task(config.task)
-    self.mesh = make_mesh()
+    self.mesh = configuration.build_mesh(config)
     self.schedule = configuration.build_schedule(config)
     self.model = self.task.model(config, spec)
     self.model_fn = (models.make_model_fn(self.model) if self.task.sampling is not None
                      else None)
     self.optimizer = configuration.build_optimizer(config)
-    repl = replicated(self.mesh)
-    self.repl, self.data_sharding = repl, batch_sharded(self.mesh)
+    self.param_dtype = models.DTYPES[config.train.param_dtype]
+    self.repl, self.data_sharding = replicated(self.mesh), batch_sharded(self.mesh)
+    self.state_sharding = self._state_shardings()
     loss_fn = functools.partial(self.task.loss, model=self.model, schedule=self.schedule,
                                 config=config, spec=spec)
     update_frozen = (functools.partial(self.task.update_frozen, config)
                      if self.task.update_frozen is not None else None)
     step = functools.partial(train_step, loss_fn=loss_fn, optimizer=self.optimizer,
-                             ema_decay=config.train.ema_decay, update_frozen=update_frozen)
-    self.train_step = jax.jit(step, in_shardings=(repl, self.data_sharding),
-                              out_shardings=(repl, repl), donate_argnums=0)
+                             ema_decay=config.train.ema_decay, update_frozen=update_frozen,
+                             accum_steps=config.train.grad_accum_steps)
+    self.train_step = jax.jit(step, in_shardings=(self.state_sharding, self.data_sharding),
+                              out_shardings=(self.state_sharding, self.repl),
+                              donate_argnums=0)
     hook = (self.task.step_hook(config, self.optimizer) if self.task.step_hook is not None
             else None)
     self.hook_every = hook.every if hook is not None else None
-    self.step_hook = (jax.jit(hook.fn, out_shardings=repl, donate_argnums=0)
+    self.step_hook = (jax.jit(hook.fn, out_shardings=self.state_sharding, donate_argnums=0)
                       if hook is not None else None)
+
+  def _new_state(self, params, key):
+    frozen = (self.task.init_frozen(self.config, params)
+              if self.task.init_frozen is not None else None)
+    dtype = None if self.param_dtype == jnp.float32 else self.param_dtype
+    return create_train_state(params, self.optimizer, jax.random.fold_in(key, 1), frozen,
+                              param_dtype=dtype)
+
+  def _state_shardings(self):
+    """The state's shardings, from the logical names of a boxed abstract state."""
+    boxed = jax.eval_shape(lambda: self._new_state(
+        models.init_variables(self.model, self.spec, jax.random.key(0))["params"],
+        jax.random.key(0)))
+    rules = tuple(tuple(r) for r in self.config.mesh.logical_axis_rules)
+    return logical_shardings(nn.get_partition_spec(boxed), nn.meta.unbox(boxed), self.mesh,
+                             rules)
 
   def init_state(self, params=None) -> TrainState:
     """A fresh state from a random init, or from `params` (a teacher's) when
-    given, with the task's frozen params."""
+    given, with the task's frozen params, placed on the state's shardings."""
     key = jax.random.key(self.config.seed)
-    init_frozen = self.task.init_frozen
 
     def init(params):
       if params is None:
         params = models.init_params(self.model, self.spec, jax.random.fold_in(key, 0))
-      frozen = init_frozen(self.config, params) if init_frozen is not None else None
-      return create_train_state(params, self.optimizer, jax.random.fold_in(key, 1), frozen)
-    return jax.jit(init, out_shardings=self.repl)(params)
+      return self._new_state(params, key)
+    return jax.jit(init, out_shardings=self.state_sharding)(params)
 
   def abstract_state(self) -> TrainState:
-    return abstract_like(jax.eval_shape(self.init_state), self.repl)
+    shapes = jax.eval_shape(self.init_state)
+    return jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+        self.state_sharding)
 
   def global_batch(self, local_batch) -> dict:
     return {k: jax.make_array_from_process_local_data(self.data_sharding, v)
@@ -224,7 +297,7 @@ def _loop(config, trainer: Trainer, state, iterator, ckpt, writer, grids, start:
   t0 = time.perf_counter()
   step_fn = trainer.train_step.lower(state, batch).compile()
   print(f"Compiled the train step in {time.perf_counter() - t0:.1f} s.", flush=True)
-  t0, saved_step, pngs = time.perf_counter(), None, []
+  t0, saved_step, pngs, evals = time.perf_counter(), None, [], []
   previous = None  # (step, metrics) of the previous step
 
   def nonfinite(streak, step, metrics):
@@ -269,6 +342,8 @@ def _loop(config, trainer: Trainer, state, iterator, ckpt, writer, grids, start:
       saved_step = step
     if grids and ((tc.sample_every and step % tc.sample_every == 0) or is_last):
       pngs.append(grids.write(state.ema_params, step))
+    if grids and tc.eval_every and (step % tc.eval_every == 0 or is_last):
+      evals = grids.evaluate(state.ema_params, step, writer)
     if stop and not is_last:
       interrupts.check(f"at step {step}; re-run the same command to resume (the "
                        "checkpoint is written)")
@@ -280,15 +355,37 @@ def _loop(config, trainer: Trainer, state, iterator, ckpt, writer, grids, start:
         + (f", final loss {last:.4f}" if last is not None else "") + ". Wrote: checkpoint "
         f"{epath.Path(ckpt.directory) / str(saved_step)}, metrics {writer.path or '-'}"
         + (f", samples {pngs[-1]}" if pngs else "") + ".", flush=True)
+  for line in evals:
+    print(line, flush=True)
   return state
 
 
 class GridWriter:
-  """Writes a PNG grid of EMA samples during training (compiled on first use)."""
+  """Writes PNG grids of EMA samples during training, and measures their
+  `eval.metrics` (the samplers compile on first use)."""
 
   def __init__(self, config, trainer: Trainer, workdir: str):
     self.config, self.trainer, self.workdir = config, trainer, workdir
-    self._generator = None
+    self._generator = self._eval_generator = None
+
+  def evaluate(self, params, step: int, writer) -> list[str]:
+    """The sample metrics of eval.num_samples EMA samples, logged as "eval/..."
+    rows of metrics.jsonl and TensorBoard. Returns the summary lines."""
+    from diffusion_jax.metrics import suite
+    c = self.config
+    if self._eval_generator is None:
+      self._eval_generator = generate.Generator(
+          c, self.trainer.spec, self.trainer.model_fn, self.trainer.schedule,
+          batch_size=c.sample.batch_size)
+      print(f"\nSampling {c.eval.num_samples} images for {c.eval.metrics}...", flush=True)
+    spec = self.trainer.spec
+    labels = (generate.balanced_labels(c.eval.num_samples, spec.num_classes)
+              if spec.conditioning != "none" else None)
+    images = writers.to_uint8(self._eval_generator(params, c.eval.num_samples, labels,
+                                                   seed=c.seed + 2))
+    results, lines = suite.sample_metrics(c, images)
+    writer.write_eval(step, suite.scalars(results))
+    return [f"step {step}: {line}" for line in lines]
 
   def write(self, params, step: int) -> str:
     if self._generator is None:

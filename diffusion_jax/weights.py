@@ -109,9 +109,7 @@ def load(path, *, step: Optional[int] = None) -> Loaded:
   if p.is_dir() and (p / "checkpoints").exists():
     from diffusion_jax import runs
     run = runs.load_run(str(p), step=step)
-    return Loaded(run.model_fn, run.params, run.schedule,
-                  tasks.get_task(run.config.task).sampling.prediction(run.config),
-                  (run.spec.image_size, run.spec.image_size, run.spec.channels), run.config)
+    return _loaded(run.config, run.spec, run.model_fn, run.params, run.schedule)
   if p.is_dir():
     return _load_diffusers(p)
   if p.suffix in FORMATS and p.exists():
@@ -141,9 +139,17 @@ def _load_export(path: epath.Path) -> Loaded:
                                          jax.tree_util.tree_leaves(params))):
     raise ConfigError(f"{str(path)!r} does not hold the parameters of the network its "
                       f"{meta.name} describes.")
-  return Loaded(models.make_model_fn(net), params, configuration.build_schedule(config),
-                task.sampling.prediction(config),
-                (spec.image_size, spec.image_size, spec.channels), config)
+  return _loaded(config, spec, models.make_model_fn(net), params,
+                 configuration.build_schedule(config))
+
+
+def _loaded(config, spec, model_fn, params, schedule) -> Loaded:
+  """The network wrapped as its task samples it (`Sampling.model_fn`: EDM's
+  preconditioning, a consistency model's f), without guidance."""
+  sampling = tasks.get_task(config.task).sampling
+  return Loaded(sampling.model_fn(config, model_fn, schedule), params, schedule,
+                sampling.prediction(config), (spec.image_size, spec.image_size, spec.channels),
+                config)
 
 
 def _load_diffusers(folder: epath.Path) -> Loaded:

@@ -23,7 +23,7 @@ __all__ = ["config_to_json", "shape_signature", "spec_from_signature", "saved_sp
            "write_config", "TEACHER_SETTINGS"]
 
 # Diffusion settings a student must share with its teacher (besides the network).
-TEACHER_SETTINGS = ("schedule", "num_timesteps", "rescale_to_zero_terminal_snr",
+TEACHER_SETTINGS = ("process", "schedule", "num_timesteps", "rescale_to_zero_terminal_snr",
                     "prediction", "variance")
 
 
@@ -34,7 +34,7 @@ def config_to_json(config) -> str:
 def _model_signature(config) -> dict[str, Any]:
   """The model settings that shape the parameters, named as on the CLI."""
   model = json.loads(config_to_json(config.model))
-  for name in ("dropout", "dtype", "remat"):  # No effect on the parameters' shapes.
+  for name in ("dropout", "dtype", "remat", "attention_impl"):  # No effect on param shapes.
     model.pop(name, None)
   if model.get("name") == "unet":  # Runs saved before networks had names are UNets.
     model.pop("name")

@@ -131,6 +131,15 @@ class MetricWriter:
     self._bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
     self.step(step)
 
+  def write_eval(self, step: int, scalars: dict) -> None:
+    """A row of evaluation scalars, logged as "eval/<name>"."""
+    row = {f"eval/{k}": float(v) for k, v in scalars.items()}
+    self._rows.append(json.dumps({"step": step, **row}))
+    self._flush()
+    if self._tb is not None:
+      for k, v in row.items():
+        self._tb.add_scalar(k, v, step)
+
   @property
   def path(self) -> str:
     return str(self._path)
@@ -150,6 +159,9 @@ class NullWriter:
     del step
 
   def write(self, step: int, scalars: dict) -> None:
+    del step, scalars
+
+  def write_eval(self, step: int, scalars: dict) -> None:
     del step, scalars
 
   def close(self) -> None:

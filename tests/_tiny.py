@@ -46,6 +46,7 @@ TINY = {
     "diffusion.num_timesteps": 10,
     "train.batch_size": 16,
     "train.warmup_steps": 0,  # Full learning rate from the first step.
+    "train.eval_every": 0,    # No sample metrics during training.
     "sample.num_steps": 5,
     "sample.num_samples": 8,
     "sample.batch_size": 8,

@@ -271,7 +271,7 @@ def test_distill_rounds_checkpoints_resume_and_sample(data_dir, teacher_dir, tmp
   np.testing.assert_array_equal(tasks.get_task(config.task).sampling.grid(config)["timesteps"], [4, 9])
   with np.load(modes.sample(config, str(tmp_path))) as f:
     assert f["images"].shape == (8, 8, 8, 1)
-  with pytest.raises(ValueError, match="--mode=eval"):
+  with pytest.raises(ValueError, match="eval.metrics .bpd. needs"):
     modes.evaluate(config, str(tmp_path))
 
   # More train.num_steps continue with a third round (2 -> 1 steps), whose

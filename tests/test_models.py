@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import evaluation
+from diffusion_jax.metrics import classifier as evaluation
 from diffusion_jax.data import sources
 from diffusion_jax.models import classifier
 from diffusion_jax.models import layers
@@ -241,6 +241,20 @@ def test_remat_keeps_param_tree_and_gradients():
   assert jax.tree.structure(g_plain) == jax.tree.structure(g_remat)
   for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):  # Same dropout too.
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_impl_keeps_outputs_and_rejects_unknown():
+  """attention_impl="xla" is the default's computation; "cudnn" (GPU only) is
+  accepted by validation; anything else is rejected naming the field."""
+  x, t = _inputs()
+  plain = unet.UNet(**SMALL)
+  variables = _random_params(plain, x, t)
+  np.testing.assert_array_equal(
+      _apply(unet.UNet(**SMALL, attention_impl="xla"), variables, x, t),
+      _apply(plain, variables, x, t))
+  unet.UNet(**SMALL, attention_impl="cudnn").validate()
+  with pytest.raises(ValueError, match="attention_impl"):
+    unet.UNet(**SMALL, attention_impl="flash").validate()
 
 
 def test_remat_classifier_keeps_param_tree_and_rejects_unknown_policy():

@@ -136,3 +136,17 @@ def test_a_dead_process_stops_the_other(tmp_path, runs):
   assert procs[0].returncode != 0
   assert waited < 60, waited  # distributed.heartbeat_timeout = 10 s
   assert "another task died" in err, err[-3000:]
+
+
+def test_fsdp_across_processes_matches_one_process(runs, tmp_path):
+  """Parameters split over an fsdp axis of 4 devices spanning both processes
+  (mesh 1 x 4) train like one process with 4 devices and plain data parallelism."""
+  data_dir, cache_dir, _, one, _, _ = runs
+  fsdp = tmp_path / "fsdp"
+  _run(fsdp, data_dir, cache_dir, {"train.num_steps": 4, "mesh.fsdp": 4, "mesh.data": 1},
+       processes=2)
+  config = _tiny.make_config(data_dir, STEPS | {"train.num_steps": 4})
+  (a, _, _), (b, _, _) = _tiny.restore(config, fsdp), _tiny.restore(config, one)
+  import jax
+  for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)

@@ -102,10 +102,10 @@ def test_zero_terminal_snr_needs_two_steps():
 def test_known_name_lists():
   assert sorted(SCHEDULES) == ["cosine", "linear", "scaled_linear", "sigmoid"]
   assert tuple(SPACINGS) == ("linspace", "leading", "trailing", "quadratic")
-  assert tuple(process.PREDICTIONS) == ("eps", "x0", "v")
+  assert tuple(process.PREDICTIONS) == ("eps", "x0", "v", "flow")
   assert tuple(process.VARIANCES) == ("fixed_small", "fixed_large", "learned", "learned_range")
   assert tuple(losses.LOSS_TYPES) == ("simple", "hybrid", "vlb")
-  assert tuple(losses.WEIGHTINGS) == ("none", "min_snr")
+  assert tuple(losses.WEIGHTINGS) == ("none", "min_snr", "edm")
   for name in process.PREDICTIONS:
     assert process.check_prediction(name) == name
   for name in process.VARIANCES:
@@ -124,7 +124,7 @@ def test_unknown_spacing():
     make_timesteps(100, 10, "uniform")
 
 
-PRED_MSG = r"Unknown prediction 'epsilon'; known predictions: " + known(["eps", "x0", "v"])
+PRED_MSG = r"Unknown prediction 'epsilon'; known predictions: " + known(["eps", "x0", "v", "flow"])
 VAR_MSG = r"Unknown variance 'small'; known variances: " + known(
     ["fixed_small", "fixed_large", "learned", "learned_range"])
 
@@ -161,7 +161,7 @@ def test_unknown_loss_type_and_weighting():
   with pytest.raises(ValueError, match=r"Unknown loss_type 'l2'; known loss types: " +
                      known(["simple", "hybrid", "vlb"])):
     training_losses(sched(), den, X, TT, X, loss_type="l2")
-  w_msg = r"Unknown weighting 'snr'; known weightings: " + known(["none", "min_snr"])
+  w_msg = r"Unknown weighting 'snr'; known weightings: " + known(["none", "min_snr", "edm"])
   with pytest.raises(ValueError, match=w_msg):
     training_losses(sched(), den, X, TT, X, weighting="snr")
   with pytest.raises(ValueError, match=w_msg):
@@ -181,7 +181,7 @@ def test_hybrid_needs_learned_variance():
 
 def test_eps_prediction_rejected_for_zero_terminal_snr():
   with pytest.raises(ValueError, match=r"prediction='eps' cannot recover x0.*use a prediction "
-                     r"in \['x0', 'v'\]"):
+                     r"in \['x0', 'v', 'flow'\]"):
     p_mean_variance(sched(zero=True), X, X, TT, prediction="eps")
   p_mean_variance(sched(zero=True), X, X, TT, prediction="v")
 

@@ -5,6 +5,9 @@
   * `fid`: feature statistics (μ, Σ), their `.npz` files and the Fréchet distance.
   * `kid`: Kernel Inception Distance.
   * `precision_recall`: Kynkäänniemi et al. (2019) precision and recall.
+  * `classifier`: a small digits classifier the generator never saw, and the
+    Fréchet distance in its feature space (for datasets without Inception).
+  * `suite`: `eval.metrics` chosen by name, as `--mode=eval` runs them.
   * `convert_inception` (not imported here; run it with ``python -m``):
     pytorch-fid's `.pth` weights -> this package's `.npz`.
 

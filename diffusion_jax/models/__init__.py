@@ -21,13 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax._checks import check_choice
+from diffusion_jax._checks import ArgumentError, check_choice
 from diffusion_jax.conditioning import DataSpec, make_cond, model_inputs
+from diffusion_jax.models import dit as dit_lib
 from diffusion_jax.models.classifier import NoisyClassifier
+from diffusion_jax.models.dit import DiT
 from diffusion_jax.models.unet import UNet
 
 __all__ = ["DTYPES", "NETWORKS", "build_network", "build_classifier", "make_model_fn",
-           "make_classifier_fn", "init_params", "param_specs", "count_params"]
+           "make_classifier_fn", "init_variables", "init_params", "param_specs",
+           "count_params"]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -37,18 +40,35 @@ def _unet_fields(m) -> dict[str, Any]:
   check_choice("dtype", m.dtype, DTYPES)
   return dict(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
               attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
-              num_heads=m.num_heads, num_groups=m.num_groups, dtype=DTYPES[m.dtype])
+              num_heads=m.num_heads, num_groups=m.num_groups, dtype=DTYPES[m.dtype],
+              remat_policy=m.remat)
 
 
 def _unet(m, spec: DataSpec, *, learn_sigma: bool) -> UNet:
-  return UNet(**_unet_fields(m), out_channels=spec.channels, learn_sigma=learn_sigma,
+  return UNet(**_unet_fields(m), attention_impl=m.attention_impl,
+              out_channels=spec.channels, learn_sigma=learn_sigma,
               num_classes=spec.num_classes if spec.conditioning == "class" else None,
               context_dim=spec.context_shape[1] if spec.context_shape else None)
+
+
+def _dit(m, spec: DataSpec, *, learn_sigma: bool) -> DiT:
+  check_choice("dtype", m.dtype, DTYPES)
+  if spec.conditioning == "embedding":
+    raise ArgumentError("conditioning", "model.name='dit' is class-conditional or "
+                        "unconditional; it takes no embedding sequence (model.conditioning).")
+  size = (dit_lib.DIT_CONFIGS[check_choice("variant", m.variant, dit_lib.DIT_CONFIGS)]._asdict()
+          if m.variant is not None else dict(depth=m.depth, hidden_size=m.hidden_size,
+                                             num_heads=m.num_heads, patch_size=m.patch_size))
+  return DiT(**size, mlp_ratio=m.mlp_ratio, out_channels=spec.channels,
+             learn_sigma=learn_sigma,
+             num_classes=spec.num_classes if spec.conditioning == "class" else None,
+             dtype=DTYPES[m.dtype], remat_policy=m.remat)
 
 
 # name -> builder(model_config, spec, *, learn_sigma) -> nn.Module
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "unet": _unet,
+    "dit": _dit,
 }
 
 
@@ -91,7 +111,8 @@ def make_classifier_fn(net: NoisyClassifier) -> Callable:
   return lambda params, x_t, t: net.apply({"params": params}, x_t, t, train=False)
 
 
-def _init_variables(net: nn.Module, spec: DataSpec, rng):
+def init_variables(net: nn.Module, spec: DataSpec, rng):
+  """The network's initial variables, parameters boxed with their logical axis names."""
   x = jnp.zeros((1, spec.image_size, spec.image_size, spec.channels), jnp.float32)
   t = jnp.zeros((1,), jnp.int32)
   if isinstance(net, NoisyClassifier):
@@ -102,12 +123,12 @@ def _init_variables(net: nn.Module, spec: DataSpec, rng):
 
 def init_params(net: nn.Module, spec: DataSpec, rng):
   """The network's initial parameters, a plain pytree of arrays."""
-  return nn.meta.unbox(_init_variables(net, spec, rng))["params"]
+  return nn.meta.unbox(init_variables(net, spec, rng))["params"]
 
 
 def param_specs(net: nn.Module, spec: DataSpec):
   """The logical axis names of every parameter (a pytree of PartitionSpec)."""
-  boxed = jax.eval_shape(functools.partial(_init_variables, net, spec), jax.random.key(0))
+  boxed = jax.eval_shape(functools.partial(init_variables, net, spec), jax.random.key(0))
   return nn.get_partition_spec(boxed)["params"]
 
 

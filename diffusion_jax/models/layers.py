@@ -31,6 +31,11 @@ from diffusion_jax.models import partitioning
 Dtype = Any
 Array = jax.Array
 
+# The accepted ``attention_impl`` values: ``jax.nn.dot_product_attention``'s
+# ``implementation`` (None: JAX's choice, XLA today; "cudnn": cuDNN's fused
+# kernel, bfloat16/float16 on NVIDIA GPUs only).
+ATTENTION_IMPLS = (None, "xla", "cudnn")
+
 # The accepted ``remat_policy`` values: names in ``jax.checkpoint_policies``.
 REMAT_POLICIES = (
     "nothing_saveable",
@@ -149,6 +154,14 @@ def dense(
       param_dtype=param_dtype,
       name=name,
   )
+
+
+def check_attention_impl(implementation: str | None) -> None:
+  """Raises ValueError unless ``implementation`` is in ``ATTENTION_IMPLS``."""
+  if implementation not in ATTENTION_IMPLS:
+    raise ValueError(
+        f"attention_impl must be one of {ATTENTION_IMPLS}, got {implementation!r}."
+    )
 
 
 def check_remat_policy(policy: str | None) -> None:
@@ -317,9 +330,12 @@ class AttnBlock(_Base):
 
   Attributes:
     num_heads: attention heads; must divide the channel count.
+    implementation: ``jax.nn.dot_product_attention``'s backend, one of
+      ``ATTENTION_IMPLS`` (same outputs and parameters).
   """
 
   num_heads: int = 1
+  implementation: str | None = None
 
   def _residual(self, x: Array, kv: Array, prefix: str) -> Array:
     """x: [B, L, C]; kv: [B, Lk, D]. Returns [B, L, C]."""
@@ -327,7 +343,8 @@ class AttnBlock(_Base):
     h = self.norm(c, name=f"{prefix}norm")(x)
     proj = lambda n: self.dense(c, axes=partitioning.ATTN_IN, name=f"{prefix}{n}")
     kv = h if kv is None else kv
-    h = _attention(proj("q")(h), proj("k")(kv), proj("v")(kv), self.num_heads)
+    h = _attention(proj("q")(h), proj("k")(kv), proj("v")(kv), self.num_heads,
+                   self.implementation)
     out = self.dense(c, scale=0.0, axes=partitioning.ATTN_OUT, name=f"{prefix}proj_out")
     return x + out(h)
 

@@ -67,13 +67,14 @@ def attn_block(m: "EncoderConfig", name: str) -> layers.AttnBlock:
   """AttnBlock configured from module ``m`` (call inside m's compact method);
   rematerialised when ``m.remat_policy`` is set."""
   cls = layers.remat(layers.AttnBlock, m.remat_policy)
-  return cls(num_heads=m.num_heads, name=name, **m.base_kwargs())
+  return cls(num_heads=m.num_heads, implementation=m.attention_impl, name=name,
+             **m.base_kwargs())
 
 
 _ENCODER_FIELDS = (
     "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout",
     "num_heads", "resamp_with_conv", "num_groups", "dtype", "param_dtype",
-    "remat_policy",
+    "remat_policy", "attention_impl",
 )
 
 
@@ -91,6 +92,7 @@ class EncoderConfig(layers._Base):
   num_heads: int = 1
   resamp_with_conv: bool = True
   remat_policy: str | None = None
+  attention_impl: str | None = None
 
   def validate(self) -> None:
     """Raises ValueError naming the first invalid architecture field."""
@@ -112,6 +114,7 @@ class EncoderConfig(layers._Base):
     if not isinstance(num_groups, int) or num_groups <= 0:
       raise ValueError(f"num_groups must be a positive int, got {num_groups!r}.")
     layers.check_remat_policy(self.remat_policy)
+    layers.check_attention_impl(self.attention_impl)
     for m in ch_mult:
       if (ch * m) % num_groups:
         raise ValueError(
@@ -223,6 +226,11 @@ class UNet(EncoderConfig):
       "dots_with_no_batch_dims_saveable", "everything_saveable"). Saves
       activation memory in training at the cost of recomputation; outputs,
       gradients and the parameter tree are unchanged.
+    attention_impl: ``jax.nn.dot_product_attention``'s implementation for
+      every attention block, one of ``layers.ATTENTION_IMPLS``: None (JAX's
+      default, XLA), "xla", or "cudnn" (cuDNN's fused kernel: bfloat16 /
+      float16 compute on NVIDIA GPUs, head size <= 128, <= 256 from Hopper).
+      Outputs and parameters are those of the default.
   """
 
   out_channels: int | None = None

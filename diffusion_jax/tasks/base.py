@@ -28,6 +28,8 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from diffusion_jax import sampling
 from diffusion_jax._checks import config_errors
@@ -35,8 +37,10 @@ from diffusion_jax.conditioning import CONDITIONINGS, DataSpec, model_inputs
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.samplers import SAMPLERS
 
-__all__ = ["Task", "Sampling", "StepHook", "training_model", "frozen_model",
-           "default_grid", "diffusion_prediction", "sampler_eta", "validate_sampling"]
+__all__ = ["Task", "Sampling", "StepHook", "example_keys", "normal", "randint",
+           "training_model", "frozen_model",
+           "default_grid", "diffusion_prediction", "sampler_eta", "validate_sampling",
+           "require_discrete"]
 
 
 class StepHook(NamedTuple):
@@ -68,6 +72,27 @@ class Task(NamedTuple):
   sampling: Optional[Sampling] = None
   evaluate: Optional[Callable] = None
   teacher_setting: Callable[[Any], Optional[str]] = lambda config: None
+
+
+def example_keys(rng, batch, num: int):
+  """`num` keys per example, [B] each, from the example's position in the
+  global batch (`batch["index"]`, added by the train step; default 0..B-1):
+  an example draws the same numbers whether it is trained in the whole batch
+  or in a micro-batch (gradient accumulation)."""
+  size = jax.tree_util.tree_leaves(batch)[0].shape[0]
+  index = batch["index"] if "index" in batch else jnp.arange(size, dtype=jnp.int32)
+  keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(rng, i), num))(index)
+  return [keys[:, j] for j in range(num)]
+
+
+def normal(keys, like):
+  """ε ~ N(0, I) of `like`'s shape [B, ...], one draw per example key."""
+  return jax.vmap(lambda k: jax.random.normal(k, like.shape[1:], like.dtype))(keys)
+
+
+def randint(keys, high):
+  """int32 [B], example b uniform in {0, ..., high - 1} (`high` may be traced)."""
+  return jax.vmap(lambda k: jax.random.randint(k, (), 0, high, dtype=jnp.int32))(keys)
 
 
 def training_model(model: nn.Module, params, cond, rng):
@@ -109,6 +134,16 @@ def validate_sampling(config, spec: DataSpec, schedule, task_sampling: Sampling)
         schedule, sampler=s.sampler, eta=sampler_eta(config),
         prediction=task_sampling.prediction(config), variance=d.variance,
         clip_x0=s.clip_x0, **grid)
+
+
+def require_discrete(config, why: str) -> None:
+  """Refuses a continuous diffusion.process for a task built on the discrete
+  schedule (one ConfigError naming the settings)."""
+  d = config.diffusion
+  if d.process != "discrete" or d.preconditioning != "none":
+    raise ConfigError(f"task={config.task!r} {why}, so it needs diffusion.process='discrete' "
+                      f"and diffusion.preconditioning='none' (got diffusion.process="
+                      f"{d.process!r}, diffusion.preconditioning={d.preconditioning!r}).")
 
 
 def sampler_eta(config) -> float:

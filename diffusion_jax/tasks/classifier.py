@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffusion_jax import losses, models, process
+from diffusion_jax import models, process
 from diffusion_jax.mesh import to_host
-from diffusion_jax.tasks.base import Task
+from diffusion_jax.tasks.base import Task, example_keys, normal, randint, require_discrete
 
 __all__ = ["TASK"]
 
@@ -21,10 +21,11 @@ __all__ = ["TASK"]
 def loss(params, state, batch, rng, *, model, schedule, config, spec):
   """Cross-entropy of the classifier on noisy images. Returns (mean loss, metrics)."""
   del state, config, spec
-  k_t, k_noise, k_drop = jax.random.split(rng, 3)
+  rng, k_drop = jax.random.split(rng)
+  k_t, k_noise = example_keys(rng, batch, 2)
   x0, labels = batch["image"], batch["label"]
-  t = losses.sample_timesteps(k_t, x0.shape[0], schedule.num_timesteps)
-  x_t = process.q_sample(schedule, x0, t, jax.random.normal(k_noise, x0.shape, x0.dtype))
+  t = randint(k_t, schedule.num_timesteps)
+  x_t = process.q_sample(schedule, x0, t, normal(k_noise, x0))
   logits = model.apply({"params": params}, x_t, t, train=True, rngs={"dropout": k_drop})
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   return jnp.mean(ce), {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
@@ -57,6 +58,10 @@ def evaluate(config, spec, net, schedule, params, batches, rng):
   return result, summary
 
 
-TASK = Task(name="classifier", validate=lambda config, spec: None,
+def validate(config, spec) -> None:
+  require_discrete(config, "trains p(y | x_t, t) on the discrete schedule's indices")
+
+
+TASK = Task(name="classifier", validate=validate,
             model=lambda config, spec: models.build_classifier(config.model, spec),
             loss=loss, needs_labels=True, evaluate=evaluate)

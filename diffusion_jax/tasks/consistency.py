@@ -22,7 +22,8 @@ from diffusion_jax._checks import (check_choice, check_number, check_optional_po
                                    config_errors)
 from diffusion_jax.conditioning import make_cond
 from diffusion_jax.errors import ConfigError
-from diffusion_jax.tasks.base import Sampling, Task, frozen_model, training_model
+from diffusion_jax.tasks.base import (Sampling, Task, example_keys, frozen_model, normal,
+                                      randint, require_discrete, training_model)
 from diffusion_jax.tasks.diffusion import network
 
 __all__ = ["TASK", "grid", "sample_timesteps", "ct_num_points"]
@@ -52,6 +53,8 @@ def sample_timesteps(config) -> np.ndarray:
 
 def validate(config, spec) -> None:
   cm, s, d = config.consistency, config.sample, config.diffusion
+  require_discrete(config, "learns consistency functions on grids of training indices "
+                   "(consistency.py)")
   with config_errors(config, solver="consistency.solver", metric="consistency.metric",
                      weighting="consistency.weighting", num_steps="consistency.num_points",
                      grid="consistency.num_points", target_ema="consistency.target_ema",
@@ -92,16 +95,17 @@ def loss(params, state, batch, rng, *, model, schedule, config, spec):
   """CD from `state.frozen["teacher"]`, or CT (with the curriculum N(step))
   without one; θ⁻ = `state.frozen["target"]`. Returns (mean loss, metrics)."""
   d, cm = config.diffusion, config.consistency
-  k_n, k_noise, k_drop = jax.random.split(rng, 3)
+  rng, k_drop = jax.random.split(rng)
+  k_n, k_noise = example_keys(rng, batch, 2)
   x0 = batch["image"]
   cond = make_cond(spec, batch["label"])
-  noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+  noise = normal(k_noise, x0)
   student = training_model(model, params, cond, k_drop)
   target = frozen_model(model, state.frozen["target"], cond)
   common = dict(prediction=d.prediction, metric=cm.metric, weighting=cm.weighting)
   if "teacher" in state.frozen:
     g = grid(config)
-    n = consistency.sample_grid_indices(k_n, x0.shape[0], g.size)
+    n = randint(k_n, g.size - 1)           # the interval [g_n, g_{n+1}], n ~ U{0..N-2}
     out = consistency.consistency_distillation_loss(
         student, target, frozen_model(model, state.frozen["teacher"], cond), schedule,
         g, x0, n, noise, solver=cm.solver, teacher_clip_x0=cm.teacher_clip_x0,
@@ -109,7 +113,7 @@ def loss(params, state, batch, rng, *, model, schedule, config, spec):
     num_points = g.size
   else:
     num_points = ct_num_points(state.step, config)
-    n = consistency.sample_grid_indices(k_n, x0.shape[0], num_points)
+    n = randint(k_n, num_points - 1)
     out = consistency.consistency_training_loss(student, target, schedule, num_points,
                                                 x0, n, noise, **common)
   return jnp.mean(out["loss"]), {"distance": jnp.mean(out["distance"]),

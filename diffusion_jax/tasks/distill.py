@@ -24,7 +24,8 @@ from diffusion_jax._checks import check_int, check_optional_positive, config_err
 from diffusion_jax.conditioning import make_cond
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.tasks.base import (Sampling, StepHook, Task, diffusion_prediction,
-                                      frozen_model, training_model)
+                                      example_keys, frozen_model, normal, randint,
+                                      require_discrete, training_model)
 from diffusion_jax.tasks.diffusion import network
 
 __all__ = ["TASK", "base_timesteps", "num_rounds"]
@@ -44,6 +45,8 @@ def num_rounds(config) -> int:
 
 def validate(config, spec) -> None:
   pc, s = config.distill, config.sample
+  require_discrete(config, "halves DDIM grids of training indices (Salimans & Ho 2022 on the "
+                   "discrete schedule)")
   if not pc.teacher_workdir:
     raise ConfigError("task='distill' needs distill.teacher_workdir: the workdir of a "
                       "trained task='diffusion' run with this config's model.")
@@ -72,16 +75,17 @@ def loss(params, state, batch, rng, *, model, schedule, config, spec):
   teacher in `state.frozen["teacher"]` (no dropout in the teacher). Labels of a
   conditional model are passed to both. Returns (mean loss, metrics)."""
   d, pc = config.diffusion, config.distill
-  k_j, k_noise, k_drop = jax.random.split(rng, 3)
+  rng, k_drop = jax.random.split(rng)
+  k_j, k_noise = example_keys(rng, batch, 2)
   x0 = batch["image"]
   base = base_timesteps(config)
   round_ = state.step // pc.steps_per_round
-  j = distillation.sample_student_indices(k_j, x0.shape[0], base.size, round_)
+  j = randint(k_j, distillation.num_student_steps(base.size, round_))
   cond = make_cond(spec, batch["label"])
   out = distillation.progressive_distillation_loss(
       training_model(model, params, cond, k_drop),
       frozen_model(model, state.frozen["teacher"], cond), schedule, base, round_, x0, j,
-      jax.random.normal(k_noise, x0.shape, x0.dtype), prediction=d.prediction,
+      normal(k_noise, x0), prediction=d.prediction,
       variance=d.variance, teacher_clip_x0=pc.teacher_clip_x0)
   return jnp.mean(out["loss"]), {"mse": jnp.mean(out["mse"]), "round": round_}
 
