@@ -6,11 +6,18 @@
 It receives the training-time index `schedule.timesteps[t]` (t itself for a
 full schedule, the original index for a respaced one), as the samplers do.
 
+On a continuous-time `schedules.Process` (EDM, flow matching, continuous VP)
+t is a float array of times (`sample_times`), the denoiser receives the
+process's model time (`schedules.model_time`) and x_t = α(t) x_0 + σ(t) ε.
+
 References:
   * Ho et al. 2020, Eq. (5) (L_T, L_{t-1}, L_0) and Eq. (14) (L_simple).
   * Nichol & Dhariwal 2021, §3.1: L_hybrid = L_simple + λ L_vlb with λ = 0.001
     and a stop-gradient on the mean in L_vlb.
   * Hang et al. 2023: min-SNR-γ loss weighting.
+  * Karras et al. 2022 (EDM), §5 and Table 1: ln σ ~ N(P_mean, P_std²) and
+    λ(σ) = (σ² + σ_d²)/(σ σ_d)².
+  * Esser et al. 2024 (SD3), §3.1 and §5.3.2: logit-normal t and the time shift.
 """
 
 from __future__ import annotations
@@ -24,16 +31,21 @@ from jax.scipy.special import log_ndtr
 
 from diffusion_jax import process
 from diffusion_jax._checks import ArgumentError, check_choice, check_int, check_number
-from diffusion_jax.schedules import Schedule
+from diffusion_jax.schedules import Process, Schedule, model_time
 
 __all__ = [
     "LOSS_TYPES", "WEIGHTINGS", "normal_kl", "discretized_gaussian_log_likelihood",
     "prior_bpd", "vlb_terms", "sample_timesteps", "loss_weight", "check_loss_settings",
-    "training_losses", "bits_per_dim",
+    "training_losses", "bits_per_dim", "TIME_SAMPLINGS", "sample_times",
 ]
 
 LOSS_TYPES = ("simple", "hybrid", "vlb")
-WEIGHTINGS = ("none", "min_snr")
+# "edm": Karras et al.'s λ(σ) = (σ² + σ_d²)/(σ σ_d)² = SNR + 1/σ_d² on the x̂_0 error.
+WEIGHTINGS = ("none", "min_snr", "edm")
+# Training times of a continuous process: "uniform" in its `train_range`, or
+# "log_normal", log(σ/α) ~ N(t_mean, t_std²) (EDM's log-normal σ; for flow
+# matching SD3's logit-normal t, since t = sigmoid(log(σ/α)) there).
+TIME_SAMPLINGS = ("uniform", "log_normal")
 _LN2 = math.log(2.0)
 
 Denoiser = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
@@ -119,34 +131,93 @@ def sample_timesteps(rng, batch_size: int, num_timesteps: int):
   return jax.random.randint(rng, (batch_size,), 0, num_timesteps, dtype=jnp.int32)
 
 
+def sample_times(rng, batch_size: int, schedule, *, t_sampling: str = "uniform",
+                 t_mean: float = 0.0, t_std: float = 1.0):
+  """Training times [batch_size]: int32 indices t ~ U{0..T-1} of a discrete
+  `Schedule` (`sample_timesteps`; only "uniform"), float32 times of a
+  continuous `Process`:
+    * "uniform": t ~ U(train_range) of the process;
+    * "log_normal": log(σ/α) = -λ ~ N(t_mean, t_std²), t = t(λ): EDM's
+      ln σ ~ N(P_mean, P_std²) (-1.2, 1.2), and for flow matching SD3's
+      logit-normal t = sigmoid(N(m, s²)) (0, 1), as t = sigmoid(-λ) there;
+  then the process's time shift λ → λ - log(shift) (SD3 §5.3.2), and a clip
+  to the process's time domain.
+  """
+  check_choice("t_sampling", t_sampling, TIME_SAMPLINGS)
+  if not isinstance(schedule, Process):
+    if t_sampling != "uniform":
+      raise ArgumentError("t_sampling", f"t_sampling={t_sampling!r} needs a continuous-time "
+                                        "process; a discrete schedule samples its T indices "
+                                        "uniformly.")
+    return sample_timesteps(rng, batch_size, schedule.num_timesteps)
+  if t_sampling == "uniform":
+    lo, hi = schedule.train_range
+    t = jax.random.uniform(rng, (batch_size,), jnp.float32, lo, hi)
+    if schedule.shift == 1.0:
+      return t
+    lam = schedule.logsnr(t)
+  else:
+    lam = -(t_mean + t_std * jax.random.normal(rng, (batch_size,), jnp.float32))
+  lo, hi = schedule.time_domain
+  lam = lam - math.log(schedule.shift)
+  return jnp.clip(schedule.time(lam), lo, hi).astype(jnp.float32)
+
+
 def loss_weight(schedule: Schedule, t, x, *, prediction: str, weighting: str,
-                min_snr_gamma: float = 5.0):
+                min_snr_gamma: float = 5.0, sigma_data: float = 0.5):
   """Per-example weight [B, 1, ...] of the squared error in `prediction` space.
 
   "min_snr" (Hang et al. 2023) gives every parameterization the effective
   x0-space weight min(SNR_t, γ) (`process.PREDICTIONS[...].min_snr_weight`):
   the eps loss is weighted by min(SNR, γ)/SNR, the x0 loss by min(SNR, γ),
-  the v loss by min(SNR, γ)/(SNR + 1).
+  the v loss by min(SNR, γ)/(SNR + 1). "edm" gives the x0-space weight
+  λ(σ̃) = (σ̃² + σ_d²)/(σ̃ σ_d)² = SNR + 1/σ_d² of Karras et al. 2022 (σ̃ =
+  σ/α), times `PREDICTIONS[...].x0_per_output` in other spaces. `schedule`
+  may be a continuous `Process` (t: float times; SNR = e^{2λ}).
   """
-  check_loss_settings(prediction=prediction, weighting=weighting, min_snr_gamma=min_snr_gamma)
+  check_loss_settings(prediction=prediction, weighting=weighting, min_snr_gamma=min_snr_gamma,
+                      sigma_data=sigma_data)
   if weighting == "none":
     return jnp.ones((x.shape[0],) + (1,) * (x.ndim - 1), x.dtype)
-  snr = process.extract(schedule.snr, t, x)
-  return process.PREDICTIONS[prediction].min_snr_weight(snr, min_snr_gamma)
+  if isinstance(schedule, Process):
+    snr = jnp.exp(2.0 * process.coefficients(schedule, t, x).logsnr)
+  else:
+    snr = process.extract(schedule.snr, t, x)
+  entry = process.PREDICTIONS[prediction]
+  if weighting == "edm":
+    return ((snr + 1.0 / sigma_data ** 2) * entry.x0_per_output(snr)).astype(x.dtype)
+  return entry.min_snr_weight(snr, min_snr_gamma)
 
 
 def check_loss_settings(*, prediction: str = "eps", variance: str = "fixed_small",
                         loss_type: str = "simple", weighting: str = "none",
-                        min_snr_gamma: float = 5.0, vlb_weight: float = 1e-3) -> None:
+                        min_snr_gamma: float = 5.0, vlb_weight: float = 1e-3,
+                        sigma_data: float = 0.5, t_sampling: str = "uniform",
+                        t_mean: float = 0.0, t_std: float = 1.0, schedule=None) -> None:
   """The rules of `training_losses`' settings (each raises an ArgumentError
   naming its argument): known names, "hybrid" needs a learned variance,
-  min_snr_gamma > 0 and vlb_weight >= 0."""
-  process.check_prediction(prediction)
-  process.check_variance(variance)
+  min_snr_gamma > 0, vlb_weight >= 0 and sigma_data > 0; with a continuous
+  `schedule` (a `Process`), the predictions and variances it allows and
+  loss_type "simple" (the bound is the discrete chain's)."""
+  continuous = schedule if isinstance(schedule, Process) else None
+  process.check_prediction(prediction, continuous)
+  process.check_variance(variance, continuous)
   check_choice("loss_type", loss_type, LOSS_TYPES)
   check_choice("weighting", weighting, WEIGHTINGS)
   check_number("min_snr_gamma", min_snr_gamma, 0.0, low_open=True)
   check_number("vlb_weight", vlb_weight, 0.0)
+  check_number("sigma_data", sigma_data, 0.0, low_open=True)
+  check_choice("t_sampling", t_sampling, TIME_SAMPLINGS)
+  check_number("t_mean", t_mean)
+  check_number("t_std", t_std, 0.0, low_open=True)
+  if schedule is not None and continuous is None and t_sampling != "uniform":
+    raise ArgumentError("t_sampling", f"t_sampling={t_sampling!r} needs a continuous-time "
+                                      "process; a discrete schedule samples its T indices "
+                                      "uniformly.")
+  if isinstance(schedule, Process) and loss_type != "simple":
+    raise ArgumentError("loss_type", f"loss_type={loss_type!r} is the variational bound of a "
+                                     f"discrete chain; process {schedule.name!r} trains with "
+                                     "'simple' (its likelihood: likelihood.ode_bits_per_dim).")
   if loss_type == "hybrid" and not process.is_learned_variance(variance):
     learned = [v for v, e in process.VARIANCES.items() if e.learned]
     raise ArgumentError("loss_type", f"loss_type='hybrid' needs a learned variance {learned}, "
@@ -156,12 +227,17 @@ def check_loss_settings(*, prediction: str = "eps", variance: str = "fixed_small
 def training_losses(schedule: Schedule, denoiser: Denoiser, x0, t, noise, *,
                     prediction: str = "eps", variance: str = "fixed_small",
                     loss_type: str = "simple", weighting: str = "none",
-                    min_snr_gamma: float = 5.0, vlb_weight: float = 1e-3):
+                    min_snr_gamma: float = 5.0, vlb_weight: float = 1e-3,
+                    sigma_data: float = 0.5):
   """Per-example losses for x0 [B, ...] at timesteps t [B] with noise ε [B, ...].
 
+  `schedule` is a discrete `Schedule` (t: int32 indices) or a continuous
+  `schedules.Process` (t: float32 times, `sample_times`; "simple" only).
   * "simple": ‖target - output‖² averaged over dimensions (DDPM Eq. (14)),
-    target ε, x0 or v (`process.regression_target`), optionally weighted
-    (`loss_weight`).
+    target ε, x0, v or the flow velocity ε - x0 (`process.regression_target`),
+    optionally weighted (`loss_weight`). EDM's loss is prediction "x0" of the
+    preconditioned model (`process.edm_preconditioning`) with the "edm"
+    weighting; flow matching's is prediction "flow" with weighting "none".
   * "hybrid": simple + λ T L_t with λ = `vlb_weight`, the single-t estimate of
     λ L_vlb (IDDPM §3.1); the mean is under stop-gradient in the VLB term, so
     only the variance head learns from it. Needs a learned variance.
@@ -169,16 +245,17 @@ def training_losses(schedule: Schedule, denoiser: Denoiser, x0, t, noise, *,
   Returns a dict of [B] arrays: "loss", "mse", and "vb" (bits/dim) when used.
   """
   check_loss_settings(prediction=prediction, variance=variance, loss_type=loss_type,
-                      weighting=weighting, min_snr_gamma=min_snr_gamma, vlb_weight=vlb_weight)
+                      weighting=weighting, min_snr_gamma=min_snr_gamma, vlb_weight=vlb_weight,
+                      sigma_data=sigma_data, schedule=schedule)
   x_t = process.q_sample(schedule, x0, t, noise)
-  output = denoiser(x_t, schedule.timesteps[t])
+  output = denoiser(x_t, model_time(schedule, t))
   out, var_out = process.split_model_output(output, variance)
   target = process.regression_target(schedule, x0, noise, t, prediction)
   w = loss_weight(schedule, t, x0, prediction=prediction, weighting=weighting,
-                  min_snr_gamma=min_snr_gamma)
+                  min_snr_gamma=min_snr_gamma, sigma_data=sigma_data)
   mse = _mean_flat(w * (target - jnp.asarray(out, x0.dtype)) ** 2)
   terms = {"mse": mse}
-  T = schedule.num_timesteps
+  T = getattr(schedule, "num_timesteps", None)  # The bound's terms: discrete schedules only.
   if loss_type == "simple":
     terms["loss"] = mse
   elif loss_type == "hybrid":

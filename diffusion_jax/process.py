@@ -10,8 +10,14 @@ Equations (DDPM = Ho et al. 2020, IDDPM = Nichol & Dhariwal 2021):
   q(x_{t-1}|x_t, x_0)  = N(μ̃_t, β̃_t I)                              DDPM Eq. (6)-(7)
   x_0 = (x_t - √(1-ᾱ_t) ε)/√ᾱ_t                                     DDPM Eq. (15)
   v   = √ᾱ_t ε - √(1-ᾱ_t) x_0                         Salimans & Ho 2022, §4
+  u   = ε - x_0 (flow velocity dx_t/dt of x_t = (1-t) x_0 + t ε)
+                                          Lipman et al. 2023, Liu et al. 2023
   ∇ log q(x_t) = -ε/√(1-ᾱ_t)                          Song et al. 2021
   Σ_θ = exp(v log β_t + (1-v) log β̃_t)                              IDDPM Eq. (15)
+  D = c_skip x + c_out F(c_in x; c_noise)            Karras et al. 2022, Eq. (7)
+
+For a continuous `schedules.Process`, `t` is a float array [B] of times and
+the coefficients are the process's own α(t), σ(t) (e.g. α = 1, σ = t for EDM).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax._checks import ArgumentError, check_choice, check_number, is_concrete
-from diffusion_jax.schedules import Point, Schedule, point
+from diffusion_jax.schedules import Point, Process, Schedule, point
 
 __all__ = [
     "PREDICTIONS", "VARIANCES", "Parameterization", "Variance", "Denoised",
@@ -33,7 +39,8 @@ __all__ = [
     "predict_eps_from_x0", "predict_x0_from_v", "predict_eps_from_v", "get_v",
     "score_from_eps", "eps_from_score", "model_output_to_x0_eps", "regression_target",
     "threshold_x0", "denoise_output", "denoise", "split_model_output", "p_variance",
-    "PMeanVariance", "p_mean_variance",
+    "PMeanVariance", "p_mean_variance", "is_variance_preserving", "edm_preconditioning",
+    "edm_coefficients",
 ]
 
 
@@ -60,6 +67,12 @@ class Parameterization(NamedTuple):
   # Whether x̂_0 is defined at α = 0 (the last index of a zero-terminal-SNR
   # schedule, Lin et al. 2024).
   defined_at_zero_snr: bool
+  # SNR -> (∂x̂_0/∂output)² at fixed x_t: the output-space weight that gives
+  # an x̂_0-space weight w is w times this (`losses.loss_weight`).
+  x0_per_output: Callable = lambda snr: jnp.ones_like(snr)
+  # Whether the formulas need α² + σ² = 1 (v); the others are invariant under
+  # x, α, σ -> c x, c α, c σ and hold on every process.
+  needs_vp: bool = False
 
 
 def _eps_min_snr(snr, gamma):  # min(SNR, γ)/SNR -> 1 as SNR -> 0 (zero-SNR end).
@@ -73,7 +86,8 @@ PREDICTIONS: dict[str, Parameterization] = {
         target=lambda x0, eps, a, s: eps,
         eps_per_output=lambda a, s: jnp.ones_like(a),
         min_snr_weight=_eps_min_snr,
-        defined_at_zero_snr=False),
+        defined_at_zero_snr=False,
+        x0_per_output=lambda snr: 1.0 / snr),
     # x_0 prediction: ε̂ = (x_t - α x̂_0)/σ.
     "x0": Parameterization(
         to_x0_eps=lambda out, x, a, s: (out, (x - a * out) / s),
@@ -87,20 +101,48 @@ PREDICTIONS: dict[str, Parameterization] = {
         target=lambda x0, eps, a, s: a * eps - s * x0,
         eps_per_output=lambda a, s: a,
         min_snr_weight=lambda snr, gamma: jnp.minimum(snr, gamma) / (snr + 1.0),
-        defined_at_zero_snr=True),
+        defined_at_zero_snr=True,
+        x0_per_output=lambda snr: 1.0 / (snr + 1.0),
+        needs_vp=True),
+    # Flow velocity u = ε - x_0 (Lipman et al. 2023; Liu et al. 2023): with
+    # x_t = α x_0 + σ ε, x̂_0 = (x_t - σ u)/(α + σ), ε̂ = (x_t + α u)/(α + σ);
+    # for x_t = (1-t) x_0 + t ε that is x̂_0 = x_t - t u, ε̂ = x_t + (1-t) u.
+    "flow": Parameterization(
+        to_x0_eps=lambda out, x, a, s: ((x - s * out) / (a + s), (x + a * out) / (a + s)),
+        target=lambda x0, eps, a, s: eps - x0,
+        eps_per_output=lambda a, s: a / (a + s),
+        min_snr_weight=lambda snr, gamma: jnp.minimum(snr, gamma) / (jnp.sqrt(snr) + 1.0) ** 2,
+        defined_at_zero_snr=True,
+        x0_per_output=lambda snr: 1.0 / (jnp.sqrt(snr) + 1.0) ** 2),
 }
 
 
-def check_prediction(prediction: str, schedule: Schedule | None = None) -> str:
-  """A name in `PREDICTIONS`; with a zero-terminal-SNR `schedule`, one whose
-  x̂_0 is defined at ᾱ = 0 ("v" or "x0", not "eps")."""
+def is_variance_preserving(schedule) -> bool:
+  """Whether α² + σ² = 1: a discrete schedule, the grid of a VP process, or a
+  VP `Process`."""
+  if isinstance(schedule, Process):
+    return schedule.variance_preserving
+  return schedule.scale is None
+
+
+def check_prediction(prediction: str, schedule=None) -> str:
+  """A name in `PREDICTIONS`; with a zero-terminal-SNR `schedule` (or
+  process, e.g. flow matching), one whose x̂_0 is defined at ᾱ = 0 ("v",
+  "x0" or "flow", not "eps"); with a process that is not variance
+  preserving, one that does not need α² + σ² = 1 (not "v")."""
   check_choice("prediction", prediction, PREDICTIONS)
+  entry = PREDICTIONS[prediction]
   if (schedule is not None and schedule.zero_terminal_snr
-      and not PREDICTIONS[prediction].defined_at_zero_snr):
+      and not entry.defined_at_zero_snr):
     usable = [p for p, e in PREDICTIONS.items() if e.defined_at_zero_snr]
     raise ArgumentError(
         "prediction", f"prediction={prediction!r} cannot recover x0 at the last step of a "
         f"zero-terminal-SNR schedule (ᾱ = 0); use a prediction in {usable}.")
+  if schedule is not None and entry.needs_vp and not is_variance_preserving(schedule):
+    usable = [p for p, e in PREDICTIONS.items() if not e.needs_vp]
+    raise ArgumentError(
+        "prediction", f"prediction={prediction!r} is defined for variance-preserving processes "
+        f"(α² + σ² = 1); this one is not: use a prediction in {usable}.")
   return prediction
 
 
@@ -151,6 +193,8 @@ def coefficients(schedule: Schedule, t, x, *, name: str = "t", clean: bool = Fal
   against x [B, ...] (`schedules.point`). t lies in [0, T-1], or in [-1, T-1]
   with `clean` (-1 = clean data: α = 1, σ = 0); a concrete t outside raises,
   a traced one gives NaN. `name` is the index's name in error messages."""
+  if isinstance(schedule, Process):
+    return _process_coefficients(schedule, t, x, name)
   t = _check_index(t, x, name)
   if is_concrete(t) and t.size:
     T, low = schedule.num_timesteps, -1 if clean else 0
@@ -161,6 +205,21 @@ def coefficients(schedule: Schedule, t, x, *, name: str = "t", clean: bool = Fal
   if not clean:  # A traced t = -1 must give NaN too, not clean data.
     t = jnp.where(t < 0, schedule.num_timesteps, t)
   p = point(schedule, t)
+  shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+  return Point(*(c.reshape(shape).astype(x.dtype) for c in p))
+
+
+def _process_coefficients(process: Process, t, x, name: str) -> Point:
+  """α(t), σ(t), λ(t) of a continuous process at float times t [B], each
+  [B, 1, ..., 1] in x's dtype."""
+  t = jnp.asarray(t)
+  if t.ndim != 1 or x.ndim < 1 or t.shape[0] != x.shape[0]:
+    raise ArgumentError(name, f"{name} must be a float array of shape [B] = ({x.shape[0]},) "
+                              f"matching x of shape {x.shape}; got shape {t.shape}.")
+  if not jnp.issubdtype(t.dtype, jnp.floating):
+    raise ArgumentError(name, f"{name} of process {process.name!r} must be float times, got "
+                              f"{t.dtype}.")
+  p = point(process, t)
   shape = (x.shape[0],) + (1,) * (x.ndim - 1)
   return Point(*(c.reshape(shape).astype(x.dtype) for c in p))
 
@@ -318,6 +377,39 @@ def regression_target(schedule: Schedule, x0, eps, t, prediction: str):
   return PREDICTIONS[prediction].target(x0, eps, c.alpha, c.sigma)
 
 
+def edm_coefficients(sigma, sigma_data: float):
+  """EDM's preconditioning (Karras et al. 2022, Table 1), any shapes:
+  c_skip = σ_d²/(σ² + σ_d²), c_out = σ σ_d/√(σ² + σ_d²), c_in = 1/√(σ² + σ_d²),
+  c_noise = ¼ log σ. Returns (c_skip, c_out, c_in, c_noise)."""
+  sigma = jnp.asarray(sigma, jnp.float32)
+  sd2 = sigma_data * sigma_data
+  r = jax.lax.rsqrt(sigma * sigma + sd2)
+  return sd2 * r * r, sigma * sigma_data * r, r, 0.25 * jnp.log(sigma)
+
+
+def edm_preconditioning(net_fn, *, sigma_data: float = 0.5):
+  """EDM's preconditioning as a model wrapper (Karras et al. 2022, Eq. (7)):
+
+      D(x; σ) = c_skip(σ) x + c_out(σ) F(c_in(σ) x; c_noise(σ)),
+
+  with the coefficients of `edm_coefficients`. `net_fn(params, x, t, cond)`
+  is the raw network F; it receives c_in x and c_noise = ¼ log σ. The
+  returned `model_fn(params, x, sigma, cond)` takes x of the EDM process
+  (α = 1, `schedules.EDM`, whose model time is σ itself, [B]) and returns D,
+  an x_0 prediction (`prediction="x0"`), float32 whatever F's dtype.
+  Trained with the "edm" weighting λ(σ) = 1/c_out², the x_0 loss
+  λ ‖D - x_0‖² is ‖F - F_target‖² (EDM Eq. (8)).
+  """
+  check_number("sigma_data", sigma_data, 0.0, low_open=True)
+
+  def model_fn(params, x, sigma, cond):
+    c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, sigma_data)
+    b = lambda c: c.reshape((-1,) + (1,) * (x.ndim - 1))
+    f = net_fn(params, (b(c_in) * x).astype(x.dtype), c_noise, cond)
+    return b(c_skip) * x.astype(jnp.float32) + b(c_out) * jnp.asarray(f, jnp.float32)
+  return model_fn
+
+
 def threshold_x0(x0, clip_x0: float | None = None,
                  dynamic_threshold: float | None = None):
   """Clips x0 [B, ...] to the data range.
@@ -431,8 +523,15 @@ VARIANCES: dict[str, Variance] = {
 }
 
 
-def check_variance(variance: str) -> str:
-  return check_choice("variance", variance, VARIANCES)
+def check_variance(variance: str, schedule=None) -> str:
+  """A name in `VARIANCES`; a continuous `schedules.Process` needs a fixed one
+  (a learned variance is one step of a discrete chain)."""
+  check_choice("variance", variance, VARIANCES)
+  if isinstance(schedule, Process) and VARIANCES[variance].learned:
+    raise ArgumentError("variance", f"variance={variance!r} is learned per step of a discrete "
+                                    f"schedule; process {schedule.name!r} needs 'fixed_small' "
+                                    "or 'fixed_large'.")
+  return variance
 
 
 def is_learned_variance(variance: str) -> bool:

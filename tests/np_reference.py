@@ -174,3 +174,72 @@ def numeric_posterior(prior_mean: float, prior_var: float, lik_coef: float,
     var = np.trapezoid(w * (x - mean) ** 2, x) / z
     lo, hi = mean - 14 * math.sqrt(var), mean + 14 * math.sqrt(var)
   return mean, var
+
+
+# ----------------------------------------------------------------------------
+# Continuous-time processes (Song et al. 2021; Karras et al. 2022; Lipman et
+# al. 2023; Esser et al. 2024), float64.
+# ----------------------------------------------------------------------------
+
+
+def vp_linear_mean_coef(t, beta_0=0.1, beta_1=20.0):
+  """Score SDE Eq. (33): the mean of p_0t(x(t)|x(0)) is x(0) times
+  exp(-¼ t² (β_1 - β_0) - ½ t β_0); the variance is 1 - that squared."""
+  t = np.asarray(t, np.float64)
+  return np.exp(-0.25 * t ** 2 * (beta_1 - beta_0) - 0.5 * t * beta_0)
+
+
+def karras_sigmas(n, sigma_min=0.002, sigma_max=80.0, rho=7.0):
+  """EDM Eq. (5): σ_i = (σ_max^{1/ρ} + i/(N-1) (σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ,
+  i = 0..N-1 (decreasing)."""
+  i = np.arange(n, dtype=np.float64)
+  return (sigma_max ** (1 / rho) + i / (n - 1) * (sigma_min ** (1 / rho)
+                                                   - sigma_max ** (1 / rho))) ** rho
+
+
+def sd3_shift(t, shift):
+  """SD3 §5.3.2 (Eq. (23)): t_m = √(m/n) t_n / (1 + (√(m/n) - 1) t_n), α := √(m/n)."""
+  t = np.asarray(t, np.float64)
+  return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def edm_precond(sigma, sigma_data=0.5):
+  """EDM Table 1, "Ours": (c_skip, c_out, c_in, c_noise) and the loss weight λ(σ)."""
+  sigma = np.asarray(sigma, np.float64)
+  c_skip = sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)
+  c_out = sigma * sigma_data / np.sqrt(sigma ** 2 + sigma_data ** 2)
+  c_in = 1.0 / np.sqrt(sigma ** 2 + sigma_data ** 2)
+  c_noise = 0.25 * np.log(sigma)
+  weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
+  return c_skip, c_out, c_in, c_noise, weight
+
+
+def edm_loss(net, x0, sigma, noise, sigma_data=0.5):
+  """EDM Eq. (2) with Eq. (7)-(8): λ(σ) ‖D(x0 + σ n; σ) - x0‖² (mean over
+  dimensions), D = c_skip y + c_out F(c_in y; c_noise). x0, noise [B, D];
+  sigma [B]; net(x_in, c_noise [B]) -> F."""
+  c_skip, c_out, c_in, c_noise, weight = edm_precond(sigma, sigma_data)
+  y = x0 + sigma[:, None] * noise
+  d = c_skip[:, None] * y + c_out[:, None] * net(c_in[:, None] * y, c_noise)
+  return weight * np.mean((d - x0) ** 2, axis=1)
+
+
+def flow_loss(net, x0, t, noise):
+  """Conditional flow matching (Lipman et al. 2023, Eq. (23) with σ_min = 0;
+  rectified flow, Liu et al. 2023): x_t = (1-t) x0 + t n, target u = n - x0,
+  ‖net(x_t, t) - u‖² (mean over dimensions). x0, noise [B, D]; t [B]."""
+  xt = (1 - t[:, None]) * x0 + t[:, None] * noise
+  return np.mean((net(xt, t) - (noise - x0)) ** 2, axis=1)
+
+
+def gaussian_flow_logp(x, mu, s, alpha, sigma, t_min, t_max):
+  """log p(x) of the probability-flow model for Gaussian data N(μ, diag s²)
+  and the process x_t = α(t) x0 + σ(t) ε, x placed at t_min, with the prior
+  N(0, (α² + σ²)(t_max) I) at t_max (the VP-form N(0, I)). The flow is the
+  monotone affine map between the Gaussian marginals N(α μ, α² s² + σ²), so
+  log p(x) = log N(T(x); 0, v_T) + Σ log T'(x). x [B, D]; alpha, sigma: callables."""
+  a0, s0, a1, s1 = alpha(t_min), sigma(t_min), alpha(t_max), sigma(t_max)
+  slope = np.sqrt(a1 ** 2 * s ** 2 + s1 ** 2) / np.sqrt(a0 ** 2 * s ** 2 + s0 ** 2)
+  y = a1 * mu + slope * (x - a0 * mu)
+  v = a1 ** 2 + s1 ** 2
+  return np.sum(-0.5 * y ** 2 / v - 0.5 * np.log(2 * np.pi * v) + np.log(slope), axis=-1)

@@ -75,9 +75,12 @@ def fitted_order(num_steps, errors):
 
 
 def step_noise(rng, batch, event, n):
-  """The documented noise of step n for samples 0..B-1."""
-  keys = [jax.random.fold_in(jax.random.fold_in(rng, b), n) for b in range(batch)]
-  return np.stack([np.asarray(jax.random.normal(k, event), np.float64) for k in keys])
+  """The documented noise of step n for samples 0..B-1: row n of
+  jax.random.normal(fold_in(rng, b), (K + 1, *event)) (any K >= n: the rows of
+  JAX's counter-based threefry layout do not depend on the row count)."""
+  rows = [jax.random.normal(jax.random.fold_in(rng, b), (n + 1,) + tuple(event))[n]
+          for b in range(batch)]
+  return np.stack([np.asarray(r, np.float64) for r in rows])
 
 
 LIN100 = dj.get_schedule("linear", 100)
@@ -196,20 +199,80 @@ def test_every_sampler_declares_its_facts():
     assert info.default_spacing in dj.TIME_GRIDS, name
 
 
+# Each continuous formulation with the prediction its network makes (EDM: the
+# preconditioned x0 of `process.edm_preconditioning`).
+FORMULATIONS = {"discrete": "eps", "vp_linear": "eps", "vp_cosine": "v", "edm": "edm",
+                "flow": "flow"}
+
+
+def process_time(proc, m):
+  """The process time of model time m (1000 t, or σ itself for EDM)."""
+  return m / getattr(proc, "time_scale", 1.0)
+
+
+def process_gaussian_model(proc, prediction, mu, s):
+  """model_fn(params, x, m, cond) of the exact denoiser of Gaussian data
+  N(μ, diag s²) under the continuous process `proc`, in x of the process and
+  model time m, outputting `prediction` ("edm": the raw network F of EDM's
+  preconditioning, wrapped by `process.edm_preconditioning`)."""
+  mu, s = jnp.asarray(mu, jnp.float32), jnp.asarray(s, jnp.float32)
+
+  def exact(x, t):
+    a, sg = (c.reshape((-1,) + (1,) * (x.ndim - 1)) for c in proc.alpha_sigma(t))
+    x0 = mu + a * s ** 2 / (a * a * s ** 2 + sg * sg) * (x - a * mu)
+    return x0, (x - a * x0) / sg, a, sg
+
+  if prediction == "edm":
+    sd = 0.5
+
+    def net(params, x_in, c_noise, cond):          # F = (D - c_skip x)/c_out
+      sigma = jnp.exp(4.0 * c_noise)
+      c_skip, c_out, c_in, _ = dj.process.edm_coefficients(sigma, sd)
+      b = lambda c: c[:, None]
+      x = x_in / b(c_in)
+      return (exact(x, sigma)[0] - b(c_skip) * x) / b(c_out)
+    return dj.process.edm_preconditioning(net, sigma_data=sd)
+
+  def model_fn(params, x, m, cond):
+    x0, eps, a, sg = exact(x, process_time(proc, m))
+    return dj.PREDICTIONS[prediction].target(x0, eps, a, sg)
+  return model_fn
+
+
+def _process_grid_error(formulation, sampler, K, x_T):
+  """Max error at the last grid point (VP form) on the λ-uniform grid from -4 to 3."""
+  proc = dj.get_process(formulation)
+  prediction = FORMULATIONS[formulation]
+  lam = np.linspace(3.0, -4.0, K)
+  f = make_sample_fn(process_gaussian_model(proc, prediction, MU, S), proc, shape=x_T.shape,
+                     sampler=sampler, timesteps=np.sort(proc.time(lam)),
+                     prediction="x0" if prediction == "edm" else prediction,
+                     return_trajectory=True)
+  x = f(None, jax.random.key(0), x_T=x_T).trajectory[K - 1]
+  ab = 1.0 / (1.0 + np.exp(-2.0 * lam))       # ᾱ of the VP form
+  return np.max(np.abs(np.asarray(x, np.float64) - pf_map(x_T, ab[-1], ab[0], MU, S)))
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
 @pytest.mark.parametrize("sampler", DETERMINISTIC)
-def test_ode_order(sampler):
+def test_ode_order(sampler, formulation):
   """Every registered deterministic sampler converges to the exact PF-ODE map
-  (Gaussian data) with its declared order (diffrax's `test_ode_order`): the
-  slope of log error against log step size, on log-SNR-uniform grids of a
-  near-continuous schedule (cosine, T = 10000, λ from -4 to 3), lies within
-  ±0.5 of `SAMPLERS[sampler].order`. (DPM-Solver++(3M) measures ≈ 2.6: its
-  first step is first order.)"""
-  T = 10000
-  schedule = dj.get_schedule("cosine", T)
+  (Gaussian data) with its declared order (diffrax's `test_ode_order`), on
+  every formulation: the slope of log error against log step size, on
+  log-SNR-uniform grids (λ from -4 to 3) of a near-continuous discrete
+  schedule (cosine, T = 10000) and of each continuous process (continuous VP
+  linear with ε, cosine with v, EDM with its preconditioning, flow matching
+  with the velocity), lies within ±0.5 of `SAMPLERS[sampler].order`.
+  (DPM-Solver++(3M) measures ≈ 2.6: its first step is first order.)"""
   x_T = jax.random.normal(jax.random.key(1), (16, 4))
   Ks = (10, 20, 40, 80)
-  errs = [_final_grid_error(schedule, "cosine", T, sampler, _logsnr_uniform("cosine", T, K),
-                            x_T) for K in Ks]
+  if formulation == "discrete":
+    T = 10000
+    schedule = dj.get_schedule("cosine", T)
+    errs = [_final_grid_error(schedule, "cosine", T, sampler, _logsnr_uniform("cosine", T, K),
+                              x_T) for K in Ks]
+  else:
+    errs = [_process_grid_error(formulation, sampler, K, x_T) for K in Ks]
   order = samplers.SAMPLERS[sampler].order
   assert abs(fitted_order(Ks, errs) - order) < 0.5, (order, errs)
   assert all(a > b for a, b in zip(errs, errs[1:])), errs
@@ -490,8 +553,8 @@ def test_logsnr_timesteps():
 
 def test_registry_and_unknown_sampler():
   assert set(ALL) <= set(samplers.SAMPLERS)
-  with pytest.raises(ValueError, match=r"Unknown sampler 'euler'.*'ddim'.*'dpmpp_2m'"):
-    make_sample_fn(linear_fake, LIN100, shape=(2, 2), sampler="euler")
+  with pytest.raises(ValueError, match=r"Unknown sampler 'lms'.*'ddim'.*'dpmpp_2m'"):
+    make_sample_fn(linear_fake, LIN100, shape=(2, 2), sampler="lms")
   with pytest.raises(ValueError, match="does not take option"):
     samplers.get_sampler("ddpm", LIN100, eta=0.5)
   with pytest.raises(ValueError, match="already registered"):

@@ -20,7 +20,12 @@ NamedTuple state, so that the whole chain is one `jax.lax.scan`:
   clipping and the dtype cast (`sampling.make_denoise_fn`, over the one
   adapter `process.denoise_output`), so every sampler gets them for free. A
   step may call it more than once (two-stage solvers such as Heun evaluate
-  the model at the next grid point too).
+  the model at the next grid point too). `denoise(x_t, i, logsnr=λ)`
+  evaluates it at a noise level λ off the grid (EDM's churn), which only the
+  sampling schedule of a continuous-time process can resolve.
+* The sampling schedule of a continuous process (EDM, flow matching, ...) is
+  its VP form (`schedules.sampling_schedule`): samplers need no change to
+  run on any process, and their x is the VP-form x/√(α² + σ²).
 * The engine, not the sampler, draws the noise: `StepInput.noise` is N(0, I) of
   x's shape when `sampler.stochastic`, else None. Samplers never touch keys.
 * Every state has a field `x` [B, ...] holding the current sample.
@@ -49,8 +54,9 @@ __all__ = ["Denoised", "DenoiseFn", "StepInput", "Sampler", "SamplerInfo", "SAMP
 
 Array = jax.Array
 
-# (x_t [B, ...] float32, i int32 [] index into the sampling schedule) -> Denoised.
-DenoiseFn = Callable[[Array, Array], Denoised]
+# (x_t [B, ...] float32, i int32 [] index into the sampling schedule[, logsnr=λ
+# float32 []: a level off the grid]) -> Denoised.
+DenoiseFn = Callable[..., Denoised]
 
 
 class StepInput(NamedTuple):

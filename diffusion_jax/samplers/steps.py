@@ -21,8 +21,19 @@ the steps to a less noisy point s (h = λ_s - λ_t > 0) are:
   cosine schedule), the factor α_s φ₂ stays below 1, and h = ∞ (a
   zero-terminal-SNR start, λ_t = -∞) gives its limit α_s (D'_s - D_t).
 
-Used by the samplers (`ddim`, `heun`, the DPM-Solver++ base step), by
-progressive distillation's teacher and by consistency distillation's solver.
+* EDM's Heun step in σ̃ = σ/α (Karras et al. 2022, Alg. 1-2), in VP form:
+  from x_t at σ̃_t with ε̂_t, the Euler point x'_s (= exponential Euler) and
+  ε̂'_s = ε̂(x'_s), the trapezoidal rule in σ̃ gives
+
+      x_s = x'_s + α_s (σ̃_s - σ̃_t) (ε̂'_s - ε̂_t)/2;
+
+* the ancestral (DDIM η, k-diffusion Euler-ancestral) split of the step: with
+  σ_up = η σ_s √(1 - e^{-2h}) (the posterior standard deviation of q(x_s|x_t,
+  x_0) for η = 1), x_s = α_s x̂_0 + √(σ_s² - σ_up²) ε̂ + σ_up z.
+
+Used by the samplers (`ddim`, `heun`, `euler`, `edm_heun`, `euler_ancestral`,
+the DPM-Solver++ and UniPC base step), by progressive distillation's teacher
+and by consistency distillation's solver.
 Shapes: x, x̂_0, ε̂ [B, ...]; α, σ, λ scalars or broadcastable ([B, 1, ...]).
 """
 
@@ -32,7 +43,7 @@ import jax.numpy as jnp
 
 from diffusion_jax.schedules import Point
 
-__all__ = ["exp_euler", "phi2", "exp_heun"]
+__all__ = ["exp_euler", "phi2", "exp_heun", "sigma_tilde", "heun_sigma", "ancestral_sigma"]
 
 
 def exp_euler(x0_hat, eps_hat, to: Point):
@@ -52,3 +63,22 @@ def exp_heun(x_euler, x0_t, x0_s, frm: Point, to: Point):
   the Euler point x'_s = `exp_euler(...)`, D_t = `x0_t` and D'_s = `x0_s`, the
   denoiser's x̂_0 at x'_s."""
   return x_euler + to.alpha * phi2(to.logsnr - frm.logsnr) * (x0_s - x0_t)
+
+
+def sigma_tilde(p: Point):
+  """σ̃ = σ/α = e^{-λ}: the noise level in EDM's (variance-exploding) units;
+  +∞ at zero SNR, 0 for clean data."""
+  return jnp.exp(-p.logsnr)
+
+
+def heun_sigma(x_euler, eps_t, eps_s, sigma_t, to: Point):
+  """EDM's Heun correction in σ̃ (module docstring): x'_s + α_s (σ̃_s - σ̃_t)
+  (ε̂'_s - ε̂_t)/2, with σ̃_t = `sigma_t` (the level ε̂_t was evaluated at)."""
+  return x_euler + to.alpha * (sigma_tilde(to) - sigma_t) * 0.5 * (eps_s - eps_t)
+
+
+def ancestral_sigma(frm: Point, to: Point, eta):
+  """σ_up = η σ_s √(1 - e^{-2h}), h = λ_s - λ_t: the fresh noise of an
+  ancestral step from `frm` to `to` (η = 1: DDPM's posterior variance; 0 at
+  the last step, σ_s = 0; η σ_s from a zero-SNR start, h = ∞)."""
+  return eta * to.sigma * jnp.sqrt(-jnp.expm1(-2.0 * (to.logsnr - frm.logsnr)))
