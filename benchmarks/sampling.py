@@ -17,6 +17,20 @@ Claims checked, each printed on one line with its measured value:
       ratio falls towards loop / bare whatever the sampler does.
   (c) Compile: trace+lower+compile time at 1000 steps / at 10 steps (UNet), and
       the MLP's first-call time (compile + run) likewise. Target <= 1.2.
+  (d) Lean stochastic step: a 2 -> 32 -> 2 MLP (+ 8 sinusoidal time features)
+      at B = 256, 1000 DDPM steps: `sample_fn` / the bare chain *with the same
+      per-sample draws* (the same 1000 MLP calls in one scan, each adding the
+      engine's noise of that step). Target <= 1.10.
+  (e) Noise draws: the per-step cost of each way of drawing B = 256 per-sample
+      N(0, I) rows (2-D) that JAX allows, added to the bare MLP chain of (d):
+      the engine's (a Threefry-2x32 hash per element on the counter (n, e)
+      under key_i, written in jnp so XLA fuses it); the previous engine's
+      fold_in(key_i, n) + jax.random.normal, with the key implementations
+      threefry2x32, rbg, unsafe_rbg and philox4x32; the same counters through
+      JAX's own threefry primitive; one hash per two elements (both output
+      words). Each is checked for the guarantee (sample i's draws do not
+      depend on the batch it is drawn in). Target: the engine's chain within
+      5% of the fastest option that keeps the guarantee.
 
 Method: block_until_ready on every timed call, warm-up calls first, medians of
 repeats, and the two sides of every ratio timed alternately in one run (so
@@ -25,6 +39,7 @@ background load hits both alike).
   python benchmarks/sampling.py            # full
   python benchmarks/sampling.py --quick    # fewer repeats
   python benchmarks/sampling.py --model conv   # a stand-in conv net instead of the UNet
+  python benchmarks/sampling.py --claims d,e    # only the lean-step and noise claims
 """
 
 from __future__ import annotations
@@ -41,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import diffusion_jax as dj
+from diffusion_jax import sampling as engine
 from diffusion_jax.samplers import DDIMState, StepInput, get_sampler
 from diffusion_jax.sampling import make_denoise_fn, make_sample_fn, sampling_schedule
 
@@ -75,6 +91,17 @@ class TinyMLP(nn.Module):
     h = nn.swish(nn.Dense(64)(h))
     h = nn.swish(nn.Dense(64)(h))
     return nn.Dense(2)(h)
+
+
+class MLP32(nn.Module):
+  """2-D data: [x, sinusoidal(t) (8)] -> 32 -> 2."""
+
+  @nn.compact
+  def __call__(self, x, t):
+    freqs = jnp.exp(-jnp.arange(4) / 2.0)
+    emb = t[:, None].astype(jnp.float32) / 1000.0 * freqs * 100.0
+    h = jnp.concatenate([x, jnp.sin(emb), jnp.cos(emb)], -1)
+    return nn.Dense(2)(nn.swish(nn.Dense(32)(h)))
 
 
 def image_model(kind: str, batch: int, ch: int):
@@ -253,7 +280,7 @@ def claim_compile(args, rows, lines, unet, mlp):
   def compile_time(K):
     f = make_sample_fn(model_fn, schedule, shape=shape, sampler="ddim", num_steps=K)
     t0 = time.perf_counter()
-    f.jitted.lower(params, jax.random.key(0), None, None).compile()
+    f.jitted.lower(params, jax.random.key(0), None, None, 0).compile()
     return time.perf_counter() - t0
 
   c = {10: [], 1000: []}
@@ -285,6 +312,131 @@ def claim_compile(args, rows, lines, unet, mlp):
                f"(target <= 1.2) {'PASS' if r <= 1.2 else 'FAIL'}")
 
 
+# ----------------------------------------------------------------------------
+# (d) and (e): the lean stochastic step and the noise draws.
+# ----------------------------------------------------------------------------
+
+
+def _fold_in_draws(impl):
+  """The previous engine's draws: key_i = fold_in(rng, i), then per step
+  normal(fold_in(key_i, n)); with the key implementation `impl`."""
+  def prepare(seed, index):
+    key = jax.random.key(seed, impl=impl)
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+
+  def draw(keys, n, event):
+    return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, n), event))(keys)
+  return prepare, draw
+
+
+def _counter_prepare(seed, index):
+  return engine._sample_key_words(jax.random.key(seed), index)
+
+
+def _primitive_draw(words, n, event):
+  """The engine's counters through JAX's own threefry primitive."""
+  import jax.extend.random as jxr
+  size = int(np.prod(event))
+  lo = jnp.asarray(n, jnp.uint32) * np.uint32(size) + jnp.arange(size, dtype=jnp.uint32)
+  lo = jnp.broadcast_to(lo, (words.shape[1], size))
+  b0, b1 = jxr.threefry2x32_p.bind(words[0][:, None], words[1][:, None], jnp.zeros_like(lo), lo)
+  return engine._normal_from_bits(b0 ^ b1).reshape((words.shape[1],) + tuple(event))
+
+
+def _both_words_draw(words, n, event):
+  """One hash per two elements: counter (n, j), both output words kept."""
+  size = int(np.prod(event))
+  m = -(-size // 2)
+  b0, b1 = engine._threefry2x32(words[0][:, None], words[1][:, None],
+                                jnp.asarray(n, jnp.uint32), jnp.arange(m, dtype=jnp.uint32)[None])
+  bits = jnp.concatenate([b0, b1], axis=1)[:, :size]
+  return engine._normal_from_bits(bits).reshape((words.shape[1],) + tuple(event))
+
+
+def draw_options():
+  """name -> (prepare(seed, index) -> per-sample state, draw(state, n, event))."""
+  opts = {"engine: fused threefry, 1 hash/element (chosen)":
+          (_counter_prepare, lambda w, n, e: engine._step_noise(w, n, e, 1001))}
+  for impl in ("threefry2x32", "rbg", "unsafe_rbg", "philox4x32"):
+    opts[f"fold_in + normal, {impl}" + (" (before)" if impl == "threefry2x32" else "")] = (
+        _fold_in_draws(impl))
+  opts["same counters, JAX's threefry primitive"] = (_counter_prepare, _primitive_draw)
+  opts["1 hash/2 elements (both words)"] = (_counter_prepare, _both_words_draw)
+  return opts
+
+
+def keeps_guarantee(prepare, draw, event=(2,)):
+  """Whether samples 2, 3 draw the same rows in a batch of 4 and of 2."""
+  def rows(index):
+    st = prepare(0, jnp.asarray(index, jnp.uint32))
+    return np.stack([np.asarray(jax.jit(lambda s, n: draw(s, n, event))(st, n)) for n in (1, 7)])
+  return bool(np.array_equal(rows([0, 1, 2, 3])[:, 2:], rows([2, 3])))
+
+
+def noise_chain(model_fn, B, K, draw=None, prepare=None):
+  """K MLP calls in one scan, each adding draw(n) (none: the bare chain)."""
+  ts = jnp.asarray(np.arange(K - 1, -1, -1).astype(np.int32))
+
+  @jax.jit
+  def run(params, x, seed):
+    state = None if prepare is None else prepare(seed, jnp.arange(B, dtype=jnp.uint32))
+
+    def body(x, inp):
+      t, n = inp
+      y = model_fn(params, x, jnp.full((B,), t, jnp.int32), None)
+      if draw is not None:
+        y = y + 0.01 * draw(state, n, (2,))
+      return y, None
+    return jax.lax.scan(body, x, (ts, jnp.arange(1, K + 1, dtype=jnp.int32)))[0]
+  return run
+
+
+def claim_lean_and_noise(args, rows, lines):
+  """(d) sample_fn / the bare chain with the engine's draws; (e) the draw options."""
+  B, K = args.lean_batch, 1000
+  net = MLP32()
+  model_fn = lambda p, x, t, cond: net.apply(p, x, t)
+  params = net.init(jax.random.key(0), jnp.zeros((B, 2)), jnp.zeros((B,), jnp.int32))
+  x = jax.random.normal(jax.random.key(1), (B, 2))
+  schedule = dj.get_schedule("linear", 1000)
+  f = make_sample_fn(model_fn, schedule, shape=(B, 2), sampler="ddpm", num_steps=K)
+  opts = draw_options()
+  fns = {"bare": (lambda g=noise_chain(model_fn, B, K): g(params, x, 0)),
+         "sample_fn": lambda: f(params, jax.random.key(0))}
+  for name, (prepare, draw) in opts.items():
+    fns[name] = (lambda g=noise_chain(model_fn, B, K, draw, prepare): g(params, x, 0))
+  # Each timed sample is 5 calls in a row (each call is ~10-40 ms here).
+  reps = max(5, args.repeats)
+  t = alternate(fns, reps, calls={k: 5 for k in fns})
+  engine_name = next(iter(opts))
+  row(rows, f"MLP32 bare chain ({K} calls in one scan), B={B}", t["bare"])
+  row(rows, f"MLP32 sample_fn ddpm, {K} steps, B={B}", t["sample_fn"])
+  for name in opts:
+    row(rows, f"MLP32 bare chain + draws: {name}", t[name])
+  r = t["sample_fn"].median / t[engine_name].median
+  r_min = t["sample_fn"].min / t[engine_name].min
+  lines.append(f"(d) lean DDPM step, MLP 2->32->2, B={B}, {K} steps: sample_fn / bare chain with the "
+               f"same per-sample draws = {r:.3f} (of mins {r_min:.3f}; target <= 1.10) "
+               f"{'PASS' if r <= 1.10 else 'FAIL'}; per step: sample_fn "
+               f"{t['sample_fn'].median / K * 1e6:.2f} us, bare+draws "
+               f"{t[engine_name].median / K * 1e6:.2f} us, bare {t['bare'].median / K * 1e6:.2f} us")
+  costs = []
+  for name, (prepare, draw) in opts.items():
+    ok = keeps_guarantee(prepare, draw)
+    cost = (t[name].median - t["bare"].median) / K * 1e6
+    costs.append((name, ok, cost, t[name].median))
+  valid = [c for c in costs if c[1]]
+  fastest = min(valid, key=lambda c: c[3])
+  mine = next(c for c in costs if c[0] == engine_name)
+  rel = mine[3] / fastest[3]
+  lines.append(
+      f"(e) noise draws, B={B}, 2-D, per step over the bare chain: "
+      + "; ".join(f"{n} {c:.2f} us{'' if ok else ' (depends on the batch: breaks the guarantee)'}"
+                  for n, ok, c, _ in costs)
+      + f". Engine's chain / fastest valid option's ({fastest[0]}) = {rel:.3f} (target <= 1.05) "
+      f"{'PASS' if rel <= 1.05 else 'FAIL'}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -299,6 +451,9 @@ def main():
                       help="batch sizes of the MLP case (b); the first is the headline "
                            "dispatch-bound case")
   parser.add_argument("--repeats", type=int, default=None)
+  parser.add_argument("--lean-batch", type=int, default=256, help="batch of claims (d), (e)")
+  parser.add_argument("--claims", default="a,b,c,d,e",
+                      help="comma-separated claims to measure (c needs a and b)")
   args = parser.parse_args()
   if args.repeats is None:
     args.repeats = 3 if args.quick else 7
@@ -312,10 +467,16 @@ def main():
   print(f"jax {jax.__version__}, devices {jax.devices()}, os.cpu_count() = {os.cpu_count()}, "
         f"load average {os.getloadavg()[0]:.1f}")
   print(f"model={args.model} batch={args.batch} steps={args.steps} repeats={args.repeats}")
+  claims = set(args.claims.split(","))
   rows, lines = [], []
-  params, model_fn, shape = claim_overhead(args, rows, lines)
-  mlp = claim_dispatch(args, rows, lines)
-  claim_compile(args, rows, lines, (model_fn, params, shape), mlp)
+  if claims & {"a", "c"}:
+    params, model_fn, shape = claim_overhead(args, rows, lines)
+  if claims & {"b", "c"}:
+    mlp = claim_dispatch(args, rows, lines)
+  if "c" in claims:
+    claim_compile(args, rows, lines, (model_fn, params, shape), mlp)
+  if claims & {"d", "e"}:
+    claim_lean_and_noise(args, rows, lines)
   width = max(len(r[0]) for r in rows)
   print()
   print(f"{'measurement':<{width}}  {'median':>10}  {'min':>10}")

@@ -56,12 +56,15 @@ def ddpm(sched: Schedule, *, variance: str = "fixed_small") -> Sampler:
     return DDPMState(x=x)
 
   def step(state: DDPMState, inp: StepInput, denoise: DenoiseFn):
-    x = state.x
-    d = denoise(x, inp.index)
-    t = jnp.full((x.shape[0],), inp.index, jnp.int32)
-    mean, _, _ = process.q_posterior_mean_variance(sched, d.x0, x, t)
-    _, log_var = process.p_variance(sched, d.var_output, t, x, variance)
-    std = jnp.where(inp.index > 0, jnp.exp(0.5 * log_var), 0.0)
+    x, i = state.x, inp.index
+    d = denoise(x, i)
+    # The step's coefficients are scalars shared by the batch: gathered once
+    # (t has one entry, broadcast over x's batch), not once per sample.
+    t, ref = jnp.full((1,), i, jnp.int32), x[:1]
+    mean = (process.extract(sched.posterior_mean_coef1, t, ref) * d.x0
+            + process.extract(sched.posterior_mean_coef2, t, ref) * x)
+    _, log_var = process.p_variance(sched, d.var_output, t, ref, variance)
+    std = jnp.where(i > 0, jnp.exp(0.5 * log_var), 0.0)
     return DDPMState(x=(mean + std * inp.noise).astype(x.dtype)), d.x0
 
   return Sampler(init=init, step=step, stochastic=True)
