@@ -13,6 +13,7 @@ give remat's step-time cost.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/memory.py
   ... --quick          # smaller global batch, DiT-S/2 and a 60M UNet (minutes, for CI)
+  ... --models unet    # only some parts: a comma list of dit, unet, remat
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def unet_config(quick: bool):
   m = c.model
   if quick:
     m.ch, m.ch_mult, m.num_res_blocks, m.attn_resolutions = 128, (1, 2, 2, 2), 2, (16,)
-  else:  # ADM-sized: ch 256, four levels, 3 blocks each, attention at 32/16/8.
-    m.ch, m.ch_mult, m.num_res_blocks, m.attn_resolutions = 256, (1, 2, 3, 4), 3, (32, 16, 8)
+  else:  # ADM-like at 64x64: ch 256, multipliers (1, 2, 4, 4), 3 blocks per level,
+    # attention at 32/16/8: 569,238,787 parameters.
+    m.ch, m.ch_mult, m.num_res_blocks, m.attn_resolutions = 256, (1, 2, 4, 4), 3, (32, 16, 8)
   m.num_heads, m.num_groups, m.dropout = 4, 32, 0.0
   c.data.image_size, c.data.channels = 64, 3
   return c, DataSpec(64, 3, None, "none")
@@ -114,12 +116,18 @@ def main():
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--batch", type=int, default=None, help="global batch (default 64; quick 16)")
   parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--models", default="dit,unet,remat",
+                      help="what to run: a comma list of dit, unet, remat (the step-time cost)")
   args = parser.parse_args()
+  wanted = set(args.models.split(","))
+  if not wanted or wanted - {"dit", "unet", "remat"}:
+    parser.error(f"--models={args.models!r}: give a comma list of dit, unet, remat")
   batch = args.batch or (16 if args.quick else 64)
   print(f"jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}, "
         f"global batch {batch}, float32 params, Adam")
   models_ = [("DiT-S/2" if args.quick else "DiT-XL/2", *dit_config(
-      "DiT-S/2" if args.quick else "DiT-XL/2")), ("UNet", *unet_config(args.quick))]
+      "DiT-S/2" if args.quick else "DiT-XL/2"))] if "dit" in wanted else []
+  models_ += [("UNet", *unet_config(args.quick))] if "unet" in wanted else []
   print(f"{'model':<10} {'params':>12} {'fsdp':>4} {'remat':>6} {'state GiB':>10} "
         f"{'temp GiB':>9} {'compile s':>9}")
   for name, config, spec in models_:
@@ -134,6 +142,8 @@ def main():
     ratio = state[(8, None)] / state[(1, None)]
     print(f"{name}: state per device at fsdp=8 / fsdp=1 = {ratio:.3f} (goal <= 0.15) "
           f"{'PASS' if ratio <= 0.15 else 'FAIL'}", flush=True)
+  if "remat" not in wanted:
+    return
   times = remat_cost(args.repeats)
   print(f"remat step-time cost (digits UNet ch 64, batch 128, median of {args.repeats}): "
         f"{times[None] * 1e3:.1f} ms without, {times['nothing_saveable'] * 1e3:.1f} ms with "

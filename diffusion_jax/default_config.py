@@ -119,6 +119,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   sample.eta = 1.0              # DDIM's η in [0, 1] (0 deterministic, 1 = DDPM posterior
                                 # variance); samplers without an η ignore it
   sample.spacing = "trailing"   # the time grid: a name in `schedules.TIME_GRIDS`
+  sample.s_churn = 0.0          # edm_heun: EDM's S_churn >= 0 (0: deterministic, Alg. 1; > 0: Alg. 2)
+  sample.s_min = 0.0            # edm_heun: churn only where S_min <= σ <= S_max
+  sample.s_max = config_dict.placeholder(float)  # edm_heun: S_max (None: no upper bound)
+  sample.s_noise = 1.0          # edm_heun: S_noise, the scale of the churn's noise
   sample.clip_x0 = 1.0          # clip predicted x0 to [-c, c] (data lie in [-1, 1]); None disables
   sample.num_samples = 1000
   sample.batch_size = 500       # samples per sample_fn call (the samples do not depend on it)

@@ -45,7 +45,7 @@ from diffusion_jax.conditioning import make_cond
 from diffusion_jax.data import images as images_lib
 from diffusion_jax.errors import ConfigError
 from diffusion_jax.mesh import is_primary, to_host
-from diffusion_jax.tasks.base import sampler_eta
+from diffusion_jax.tasks.base import SAMPLER_SETTINGS, sampler_eta, sampler_options
 
 __all__ = ["EDITS", "MASKS", "Inputs", "read_inputs", "read_mask", "Editor", "edit"]
 
@@ -231,12 +231,11 @@ class Editor:
     s, d = self.config.sample, self.config.diffusion
     return dict(sampler=s.sampler, eta=sampler_eta(self.config),
                 prediction=self.task_sampling.prediction(self.config), variance=d.variance,
-                clip_x0=s.clip_x0, **self.task_sampling.grid(self.config))
+                clip_x0=s.clip_x0, sampler_options=sampler_options(self.config),
+                **self.task_sampling.grid(self.config))
 
   def _settings(self, **extra):
-    return config_errors(self.config, sampler="sample.sampler", num_steps="sample.num_steps",
-                         spacing="sample.spacing", eta="sample.eta", clip_x0="sample.clip_x0",
-                         timesteps="sample.num_steps", **extra)
+    return config_errors(self.config, **(SAMPLER_SETTINGS | extra))
 
   # -- the edits --------------------------------------------------------------
 

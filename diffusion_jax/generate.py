@@ -22,7 +22,7 @@ from diffusion_jax.mesh import is_primary, to_host
 from diffusion_jax.models.classifier import NoisyClassifier
 from diffusion_jax.samplers import SAMPLERS
 from diffusion_jax.sampling import make_sample_fn, sampling_schedule
-from diffusion_jax.tasks.base import sampler_eta
+from diffusion_jax.tasks.base import sampler_eta, sampler_options
 
 __all__ = ["balanced_labels", "parse_labels", "sampling_model_fn", "Generator",
            "restore_classifier", "make_generator", "write_grid"]
@@ -90,7 +90,8 @@ class Generator:
     self.sample_fn = make_sample_fn(
         fn, schedule, shape=shape, sampler=s.sampler, eta=sampler_eta(config),
         prediction=task_sampling.prediction(config), variance=d.variance,
-        clip_x0=s.clip_x0, **task_sampling.grid(config))
+        clip_x0=s.clip_x0, sampler_options=sampler_options(config),
+        **task_sampling.grid(config))
 
   def cond(self, labels, guidance_scale=None, classifier_scale=None):
     """The sampler's cond for int32 labels [B] (None for an unconditional model

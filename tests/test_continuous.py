@@ -456,11 +456,27 @@ def _config(data_dir, name, overrides=None):
      r"task='distill'.*needs diffusion.process='discrete'"),
     ({"sample.classifier_workdir": "x"}, r"sample.classifier_workdir.*process='flow'"),
     ({"diffusion.t_sampling": "beta"}, r"diffusion.t_sampling='beta'"),
+    ({"sample.sampler": "edm_heun", "sample.s_churn": -1.0}, r"sample.s_churn.*>= 0"),
+    ({"sample.sampler": "edm_heun", "sample.s_min": 2.0, "sample.s_max": 1.0},
+     r"sample.s_max.*>= s_min"),
 ])
 def test_config_errors_name_the_settings(data_dir, overrides, match):
   from diffusion_jax import configuration
   with pytest.raises(ConfigError, match=match):
     configuration.validate_config(_config(data_dir, "digits_flow", overrides))
+
+
+def test_churn_settings_reach_the_sampler(data_dir):
+  """sample.s_churn/s_min/s_max/s_noise are EDM Heun's options (None keeps
+  its default S_max = inf); other samplers get none of them."""
+  from diffusion_jax.tasks.base import sampler_options
+  config = _config(data_dir, "digits_edm", {"sample.s_churn": 40.0, "sample.s_min": 0.05,
+                                             "sample.s_noise": 1.003})
+  assert sampler_options(config) == {"s_churn": 40.0, "s_min": 0.05, "s_noise": 1.003}
+  config.sample.s_max = 50.0
+  assert sampler_options(config)["s_max"] == 50.0
+  config.sample.sampler = "euler"
+  assert sampler_options(config) == {}
 
 
 def test_discrete_config_refuses_continuous_settings(data_dir):

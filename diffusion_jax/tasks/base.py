@@ -39,7 +39,7 @@ from diffusion_jax.samplers import SAMPLERS
 
 __all__ = ["Task", "Sampling", "StepHook", "example_keys", "normal", "randint",
            "training_model", "frozen_model",
-           "default_grid", "diffusion_prediction", "sampler_eta", "validate_sampling",
+           "default_grid", "diffusion_prediction", "sampler_eta", "sampler_options", "SAMPLER_SETTINGS", "validate_sampling",
            "require_discrete"]
 
 
@@ -126,14 +126,12 @@ def validate_sampling(config, spec: DataSpec, schedule, task_sampling: Sampling)
                       "or classifier guidance (sample.classifier_workdir); this model is "
                       "unconditional.")
   grid = task_sampling.grid(config)
-  with config_errors(config, sampler="sample.sampler", num_steps="sample.num_steps",
-                     spacing="sample.spacing", eta="sample.eta", clip_x0="sample.clip_x0",
-                     variance="diffusion.variance", prediction="diffusion.prediction",
-                     timesteps="sample.num_steps"):
+  with config_errors(config, variance="diffusion.variance",
+                     prediction="diffusion.prediction", **SAMPLER_SETTINGS):
     sampling.build_sampler(
         schedule, sampler=s.sampler, eta=sampler_eta(config),
         prediction=task_sampling.prediction(config), variance=d.variance,
-        clip_x0=s.clip_x0, **grid)
+        clip_x0=s.clip_x0, sampler_options=sampler_options(config), **grid)
 
 
 def require_discrete(config, why: str) -> None:
@@ -144,6 +142,24 @@ def require_discrete(config, why: str) -> None:
     raise ConfigError(f"task={config.task!r} {why}, so it needs diffusion.process='discrete' "
                       f"and diffusion.preconditioning='none' (got diffusion.process="
                       f"{d.process!r}, diffusion.preconditioning={d.preconditioning!r}).")
+
+
+def sampler_options(config) -> dict:
+  """The sampler's keyword options set in `config.sample` besides η (EDM's
+  churn: s_churn, s_min, s_max, s_noise); unset (None) ones keep the
+  sampler's defaults, and samplers without them get none."""
+  info = SAMPLERS.get(config.sample.sampler)
+  if info is None:
+    return {}
+  return {o: config.sample[o] for o in info.options
+          if o != "eta" and o in config.sample and config.sample[o] is not None}
+
+
+# Config paths of the sampler's arguments, for ConfigErrors.
+SAMPLER_SETTINGS = dict(sampler="sample.sampler", num_steps="sample.num_steps",
+                        spacing="sample.spacing", eta="sample.eta", clip_x0="sample.clip_x0",
+                        timesteps="sample.num_steps", s_churn="sample.s_churn",
+                        s_min="sample.s_min", s_max="sample.s_max", s_noise="sample.s_noise")
 
 
 def sampler_eta(config) -> float:
