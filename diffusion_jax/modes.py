@@ -232,11 +232,11 @@ def _train_step_costs(trainer, spec) -> list[str]:
     mem = compiled.memory_analysis()
   except Exception as e:  # The analyses are backend-dependent.
     return [f"train step analysis: unavailable ({type(e).__name__})"]
-  gib = lambda b: f"{b / 2**30:.3f} GiB"
+  size = lambda b: f"{b / 2**30:.3f} GiB" if b >= 2**30 else f"{b / 2**20:.2f} MiB"
   return [f"flops per train step (global batch {c.train.batch_size}): {cost['flops']:.4g}",
-          f"memory per device: state and batch {gib(mem.argument_size_in_bytes)}, "
-          f"temporaries {gib(mem.temp_size_in_bytes)}, outputs "
-          f"{gib(mem.output_size_in_bytes)} ({gib(mem.alias_size_in_bytes)} of them "
+          f"memory per device: state and batch {size(mem.argument_size_in_bytes)}, "
+          f"temporaries {size(mem.temp_size_in_bytes)}, outputs "
+          f"{size(mem.output_size_in_bytes)} ({size(mem.alias_size_in_bytes)} of them "
           "donated in place)"]
 
 

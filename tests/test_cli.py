@@ -57,8 +57,8 @@ def test_train_sample_eval_describe(trained, dirs):
   # ... and the compiled train step's FLOPs and memory per device (XLA's AOT analyses).
   flops = re.search(r"^flops per train step \(global batch \d+\): ([0-9.e+]+)$", done.stdout,
                     re.MULTILINE)
-  memory = re.search(r"^memory per device: state and batch ([0-9.]+) GiB, temporaries "
-                     r"([0-9.]+) GiB", done.stdout, re.MULTILINE)
+  memory = re.search(r"^memory per device: state and batch ([0-9.]+) [MG]iB, temporaries "
+                     r"([0-9.]+) [MG]iB", done.stdout, re.MULTILINE)
   assert flops and float(flops.group(1)) > 0, done.stdout[-2000:]
   assert memory and float(memory.group(1)) > 0, done.stdout[-2000:]
   assert re.search(r"^flops per example \(forward\): [0-9.e+]+$", done.stdout, re.MULTILINE)

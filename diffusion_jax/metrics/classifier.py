@@ -200,7 +200,8 @@ def frechet_ratio(sample_feats: np.ndarray, train_feats: np.ndarray,
   mean over `repeats` subsets), so both distances carry the same small-sample
   bias. One subset's distance varies a lot (on digits, 1,000 samples of one
   model: a standard deviation of about 30% of the mean over subsets of 360),
-  hence the many subsets; the samples themselves still vary by seed. Returns {"frechet_distance", "frechet_floor", "frechet_ratio"}.
+  hence the many subsets; the samples themselves still vary by seed.
+  Returns {"frechet_distance", "frechet_floor", "frechet_ratio"}.
   """
   from diffusion_jax.metrics.fid import compute_statistics, frechet_distance
   train = compute_statistics(train_feats)

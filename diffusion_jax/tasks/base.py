@@ -39,8 +39,8 @@ from diffusion_jax.samplers import SAMPLERS
 
 __all__ = ["Task", "Sampling", "StepHook", "example_keys", "normal", "randint",
            "training_model", "frozen_model",
-           "default_grid", "diffusion_prediction", "sampler_eta", "sampler_options", "SAMPLER_SETTINGS", "validate_sampling",
-           "require_discrete"]
+           "default_grid", "diffusion_prediction", "sampler_eta", "sampler_options",
+           "SAMPLER_SETTINGS", "validate_sampling", "require_discrete"]
 
 
 class StepHook(NamedTuple):
