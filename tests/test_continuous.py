@@ -483,7 +483,9 @@ def test_discrete_config_refuses_continuous_settings(data_dir):
   from diffusion_jax import configuration
   for overrides, match in (({"eval.method": "ode"}, "eval.method='ode' needs a continuous"),
                            ({"diffusion.t_sampling": "log_normal"},
-                            "diffusion.t_sampling='log_normal'")):
+                            "diffusion.t_sampling='log_normal'"),
+                           ({"sample.sampler": "edm_heun", "sample.s_churn": 5.0},
+                            "sample.s_churn=5.0 .*continuous-time")):
     with pytest.raises(ConfigError, match=match):
       configuration.validate_config(_tiny.make_config(data_dir, overrides))
 

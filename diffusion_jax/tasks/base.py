@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax import sampling
+from diffusion_jax import sampling, schedules
 from diffusion_jax._checks import config_errors
 from diffusion_jax.conditioning import CONDITIONINGS, DataSpec, model_inputs
 from diffusion_jax.errors import ConfigError
@@ -125,6 +125,11 @@ def validate_sampling(config, spec: DataSpec, schedule, task_sampling: Sampling)
                       f"(model.conditioning in {[c for c in CONDITIONINGS if c != 'none']}) "
                       "or classifier guidance (sample.classifier_workdir); this model is "
                       "unconditional.")
+  if sampler_options(config).get("s_churn", 0.0) > 0.0 and d.process == "discrete":
+    raise ConfigError(f"sample.s_churn={s.s_churn!r} evaluates the model off the sampling grid, "
+                      "which needs a continuous-time diffusion.process (one of "
+                      f"{sorted(schedules.PROCESSES)}); diffusion.process='discrete' allows "
+                      "only sample.s_churn=0.")
   grid = task_sampling.grid(config)
   with config_errors(config, variance="diffusion.variance",
                      prediction="diffusion.prediction", **SAMPLER_SETTINGS):
