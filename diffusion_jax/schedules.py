@@ -432,15 +432,36 @@ class Process:
 
 
 @dataclasses.dataclass(frozen=True)
-class VPLinear(Process):
+class _UnitTime(Process):
+  """A process on t ∈ [0, 1] whose sampling grids stop at t_eps and whose
+  network receives `time_scale` t (VP linear, VP cosine, flow)."""
+  t_eps: float = 1e-3
+  time_scale: float = 1000.0
+
+  t_eps_may_be_zero = False      # whether λ(0) is finite, so t_eps = 0 is allowed
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_number("t_eps", self.t_eps, 0.0, 1.0, low_open=not self.t_eps_may_be_zero,
+                 high_open=True)
+    check_number("time_scale", self.time_scale, 0.0, low_open=True)
+
+  def model_time(self, t):
+    return self.time_scale * t
+
+  @property
+  def t_min(self):
+    return self.t_eps
+
+
+@dataclasses.dataclass(frozen=True)
+class VPLinear(_UnitTime):
   """The continuous VP process with linear β(t) = β_min + t (β_max - β_min)
   (Song et al. 2021, Eq. (32)-(33); DDPM's β as T → ∞):
   α(t)² = exp(-g(t)), g(t) = ½ t² (β_max - β_min) + t β_min, σ² = 1 - α².
   The network receives 1000 t (`time_scale` t)."""
   beta_min: float = 0.1
   beta_max: float = 20.0
-  t_eps: float = 1e-3
-  time_scale: float = 1000.0
 
   name = "vp_linear"
 
@@ -450,8 +471,6 @@ class VPLinear(Process):
     check_number("beta_max", self.beta_max, self.beta_min)
     if self.beta_max <= 0:
       raise ArgumentError("beta_max", f"beta_max must be > 0, got {self.beta_max!r}.")
-    check_number("t_eps", self.t_eps, 0.0, 1.0, low_open=True, high_open=True)
-    check_number("time_scale", self.time_scale, 0.0, low_open=True)
 
   def _g(self, t):
     return 0.5 * (self.beta_max - self.beta_min) * t * t + self.beta_min * t
@@ -473,20 +492,13 @@ class VPLinear(Process):
     return 2.0 * g / (self.beta_min + xp.sqrt(self.beta_min ** 2
                                               + 2.0 * (self.beta_max - self.beta_min) * g))
 
-  def model_time(self, t):
-    return self.time_scale * t
-
-  @property
-  def t_min(self):
-    return self.t_eps
-
   @property
   def train_range(self):
     return (1e-5, 1.0)       # score SDE's training ε
 
 
 @dataclasses.dataclass(frozen=True)
-class VPCosine(Process):
+class VPCosine(_UnitTime):
   """The continuous cosine VP process in log-SNR form, clipped to
   [logsnr_min, logsnr_max] (Kingma et al. 2021; Hoogeboom et al. 2023):
   α = cos(a t + b), σ = sin(a t + b), λ = -log tan(a t + b), with
@@ -495,17 +507,14 @@ class VPCosine(Process):
   The network receives 1000 t."""
   logsnr_min: float = -10.0
   logsnr_max: float = 10.0
-  t_eps: float = 1e-3
-  time_scale: float = 1000.0
 
   name = "vp_cosine"
+  t_eps_may_be_zero = True       # λ(0) = logsnr_max
 
   def __post_init__(self):
     super().__post_init__()
     check_number("logsnr_max", self.logsnr_max)
     check_number("logsnr_min", self.logsnr_min, high=self.logsnr_max, high_open=True)
-    check_number("t_eps", self.t_eps, 0.0, 1.0, high_open=True)
-    check_number("time_scale", self.time_scale, 0.0, low_open=True)
 
   def _ab(self):
     b = math.atan(math.exp(-self.logsnr_max))
@@ -525,13 +534,6 @@ class VPCosine(Process):
     xp, lam = _arr(logsnr)
     a, b = self._ab()
     return (xp.arctan(xp.exp(-lam)) - b) / a
-
-  def model_time(self, t):
-    return self.time_scale * t
-
-  @property
-  def t_min(self):
-    return self.t_eps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -585,20 +587,12 @@ class EDM(Process):
 
 
 @dataclasses.dataclass(frozen=True)
-class Flow(Process):
+class Flow(_UnitTime):
   """Flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023):
   x_t = (1 - t) x_0 + t ε, λ = log((1-t)/t), t(λ) = sigmoid(-λ). t = 1 is
   pure noise (zero SNR). The network receives 1000 t (as SD3)."""
-  t_eps: float = 1e-3
-  time_scale: float = 1000.0
-
   name = "flow"
   variance_preserving = False
-
-  def __post_init__(self):
-    super().__post_init__()
-    check_number("t_eps", self.t_eps, 0.0, 1.0, low_open=True, high_open=True)
-    check_number("time_scale", self.time_scale, 0.0, low_open=True)
 
   def alpha_sigma(self, t):
     xp, t = _arr(t)
@@ -612,13 +606,6 @@ class Flow(Process):
   def time(self, logsnr):
     xp, lam = _arr(logsnr)
     return 1.0 / (1.0 + xp.exp(lam))
-
-  def model_time(self, t):
-    return self.time_scale * t
-
-  @property
-  def t_min(self):
-    return self.t_eps
 
 
 # name -> constructor(**settings) (a frozen dataclass; every setting has a default).

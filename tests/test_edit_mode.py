@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import _tiny
-from diffusion_jax import edit, modes, train
+from diffusion_jax import edit, train
 from diffusion_jax.data import sources
 from diffusion_jax.errors import ConfigError
 
@@ -136,8 +136,6 @@ def test_relabel_every_class(data_dir, cond_dir, digits_npz, tmp_path):
 def test_cli_edit_mode(data_dir, v_teacher_dir, digits_npz, tmp_path_factory):
   """`--mode=edit` through the CLI: the output path on the last stdout line,
   and a bad setting as one error line with exit status 2."""
-  if "edit" not in modes.MODES:
-    pytest.skip("--mode=edit is not registered in modes.MODES yet")
   root, _, _ = digits_npz
   cache = _tiny.session_dirs(tmp_path_factory)[1]
   args = _tiny.cli_args(str(v_teacher_dir), data_dir, mode="edit",
